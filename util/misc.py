@@ -1,0 +1,57 @@
+"""Small helpers every stage needs: seeding, device choice, running averages."""
+import os
+import random
+import time
+
+import numpy as np
+import torch
+
+
+def set_seed(seed):
+    """Seed python, numpy and torch (all devices) so a run repeats exactly on the same machine."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault('PYTHONHASHSEED', str(seed))
+
+
+def get_device(name='auto'):
+    """'auto' -> cuda when available else cpu; otherwise the named device (an error if unavailable)."""
+    if name in (None, '', 'auto'):
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(name)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' was asked for but CUDA is not available; use device cpu or auto")
+    return device
+
+
+class AverageMeter:
+    """Running mean of a scalar (loss, time per step)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.val = self.sum = self.avg = 0.0
+        self.count = 0
+
+    def update(self, val, n=1):
+        self.val = float(val)
+        self.sum += float(val) * n
+        self.count += n
+        self.avg = self.sum / max(self.count, 1)
+
+
+def format_eta(seconds):
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f'{h:d}:{m:02d}:{s:02d}'
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def elapsed(self):
+        return time.perf_counter() - self.start

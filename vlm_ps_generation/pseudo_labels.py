@@ -1,0 +1,54 @@
+"""The PLG formula (paper §3.2, SPEC §2.1), shared by the PLG script, the synthetic-data calibration
+and the tests.
+
+    p = softmax(f_fused @ T^T)          T: L2-normalised text embeddings, no temperature (as upstream)
+    p[:, c] = -999  for every class c outside the scene-level label   (after the softmax, as upstream)
+    pseudo label = argmax p,   confidence = max p
+"""
+import numpy as np
+import torch
+
+MASKED_SCORE = -999.0  # upstream's value for classes outside the scene-level label
+
+
+def scene_label_mask(labels, num_classes):
+    """Scene-level label as a bool [C] mask: the classes present among the GT labels (upstream)."""
+    labels = np.asarray(labels).ravel()
+    present = np.unique(labels[(labels >= 0) & (labels < num_classes)])
+    mask = np.zeros(num_classes, dtype=bool)
+    mask[present] = True
+    return mask
+
+
+@torch.no_grad()
+def pseudo_labels_from_features(fused_features, text_embeddings, scene_mask=None, chunk_size=65536,
+                                device='cpu'):
+    """Pseudo labels and confidences of fused 2D features.
+
+    fused_features [M, D] (any float dtype), text_embeddings [C, D] (L2-normalised rows),
+    scene_mask bool [C] or None (no scene-level mask). Returns (labels int64 [M], confidence float32 [M])
+    as numpy arrays. Processed in chunks of rows so that a 500k-point scene never materialises more
+    than ``chunk_size x C`` scores.
+    """
+    device = torch.device(device)
+    feats = torch.as_tensor(fused_features)
+    text = torch.as_tensor(text_embeddings, dtype=torch.float32, device=device)
+    if feats.dim() != 2 or feats.shape[1] != text.shape[1]:
+        raise ValueError(f'fused features of shape {list(feats.shape)} do not match text embeddings '
+                         f'of dimension {text.shape[1]}')
+    keep = None
+    if scene_mask is not None:
+        keep = torch.as_tensor(np.asarray(scene_mask), dtype=torch.bool, device=device)
+        if keep.shape[0] != text.shape[0]:
+            raise ValueError(f'scene-level mask has {keep.shape[0]} classes, text embeddings {text.shape[0]}')
+    labels = torch.empty(feats.shape[0], dtype=torch.int64)
+    confidence = torch.empty(feats.shape[0], dtype=torch.float32)
+    for start in range(0, feats.shape[0], chunk_size):
+        chunk = feats[start:start + chunk_size].to(device=device, dtype=torch.float32)
+        prob = torch.softmax(chunk @ text.t(), dim=1)
+        if keep is not None:
+            prob[:, ~keep] = MASKED_SCORE
+        best, arg = prob.max(dim=1)
+        labels[start:start + chunk_size] = arg.cpu()
+        confidence[start:start + chunk_size] = best.cpu()
+    return labels.numpy(), confidence.numpy()
