@@ -155,13 +155,26 @@ def load_fused_features(path, num_points: Optional[int] = None, feat_dim: Option
     return feat.half(), mask
 
 
-def save_fused_features(path, feat, mask_full):
-    """Write ``{'feat': float16 [M, D], 'mask_full': bool [N]}`` (rows in ascending point order)."""
+def save_fused_features(path, feat, mask_full, source=None):
+    """Write ``{'feat': float16 [M, D], 'mask_full': bool [N]}`` (rows in ascending point order).
+
+    ``source`` (a string, optional) is stored beside them under 'source' to name what produced the
+    features (e.g. the ESS adapter's weights), so a rerun can tell a stale file from a finished one;
+    readers of the format ignore it."""
     feat = torch.as_tensor(feat).detach().cpu().half().contiguous()
     mask_full = torch.as_tensor(mask_full).detach().cpu().bool()
     if feat.shape[0] != int(mask_full.sum()):
         raise ValueError(f"cannot write '{path}': {feat.shape[0]} feature rows for {int(mask_full.sum())} masked points")
-    atomic_torch_save({'feat': feat, 'mask_full': mask_full}, path)
+    data = {'feat': feat, 'mask_full': mask_full}
+    if source is not None:
+        data['source'] = str(source)
+    atomic_torch_save(data, path)
+
+
+def fused_feature_source(path):
+    """The 'source' string a fused-feature file was written with, or None (OpenScene's files have none)."""
+    data = safe_torch_load(path, 'fused features')
+    return data.get('source') if isinstance(data, dict) else None
 
 
 # ----------------------------------------------------------------------------- pseudo labels

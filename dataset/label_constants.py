@@ -65,9 +65,9 @@ _DATASETS = {
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """Label set of a dataset. Accepts names such as 'scannet', 'scannet_3d', 's3dis', 'S3DIS'."""
+    """Label set of a dataset. Accepts 'scannet', 'scannet_3d', 's3dis', 'S3DIS_3d' (not 'scannet200')."""
     key = name.lower()
     for known, info in _DATASETS.items():
-        if key == known or key.startswith(known):
+        if key in (known, known + '_3d'):
             return info
     raise ValueError(f"unknown label set '{name}': expected one of {sorted(_DATASETS)}")

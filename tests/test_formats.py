@@ -1,5 +1,6 @@
 """OpenScene file formats (SPEC §3) and the safe loader: exact round trips and clear errors."""
 import io
+import os
 import pickle
 import zipfile
 
@@ -153,3 +154,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_np_save(target, Boom())
     assert list(tmp_path.iterdir()) == []
+    atomic_np_save(target, np.arange(3))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (os.stat(target).st_mode & 0o777) == 0o666 & ~mask  # not mkstemp's private 0600

@@ -29,9 +29,18 @@ def confusion_matrix(pred, gt, num_classes):
 
 
 def evaluate(pred, gt, class_names, stdout=False, no_feature_in_iou=False, logger=None):
-    """Per-class IoU / accuracy and the means. Returns a dict (see module docstring)."""
+    """Per-class IoU / accuracy and the means of per-point predictions. Returns a dict (module docstring)."""
+    conf = confusion_matrix(pred, gt, len(class_names))
+    return evaluate_confusion(conf, class_names, stdout=stdout, no_feature_in_iou=no_feature_in_iou, logger=logger)
+
+
+def evaluate_confusion(conf, class_names, stdout=False, no_feature_in_iou=False, logger=None):
+    """``evaluate`` from a ``confusion_matrix`` (the metric depends on the counts only), so that scenes
+    and processes can be summed as small [C+1, C+1] matrices instead of keeping every point."""
     num_classes = len(class_names)
-    conf = confusion_matrix(pred, gt, num_classes)
+    conf = np.asarray(conf, np.int64)
+    if conf.shape != (num_classes + 1, num_classes + 1):
+        raise ValueError(f'confusion matrix must be [{num_classes + 1}, {num_classes + 1}], found {list(conf.shape)}')
     iou_conf = conf if no_feature_in_iou else conf[:num_classes, :num_classes]
     gt_count = conf[:, :num_classes].sum(0)                  # every GT point of the class
     tp = np.diag(conf)[:num_classes].astype(np.float64)

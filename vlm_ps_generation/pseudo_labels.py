@@ -27,7 +27,8 @@ def pseudo_labels_from_features(fused_features, text_embeddings, scene_mask=None
 
     fused_features [M, D] (any float dtype), text_embeddings [C, D] (L2-normalised rows),
     scene_mask bool [C] or None (no scene-level mask). Returns (labels int64 [M], confidence float32 [M])
-    as numpy arrays. Processed in chunks of rows so that a 500k-point scene never materialises more
+    as numpy arrays; an empty scene mask (a scene without any labelled class) gives every row the
+    'unlabeled' index C with confidence 0 (upstream would return class 0 with confidence -999). Processed in chunks of rows so that a 500k-point scene never materialises more
     than ``chunk_size x C`` scores.
     """
     device = torch.device(device)
@@ -41,6 +42,8 @@ def pseudo_labels_from_features(fused_features, text_embeddings, scene_mask=None
         keep = torch.as_tensor(np.asarray(scene_mask), dtype=torch.bool, device=device)
         if keep.shape[0] != text.shape[0]:
             raise ValueError(f'scene-level mask has {keep.shape[0]} classes, text embeddings {text.shape[0]}')
+    if keep is not None and not bool(keep.any()):
+        return np.full(feats.shape[0], text.shape[0], np.int64), np.zeros(feats.shape[0], np.float32)
     labels = torch.empty(feats.shape[0], dtype=torch.int64)
     confidence = torch.empty(feats.shape[0], dtype=torch.float32)
     for start in range(0, feats.shape[0], chunk_size):
