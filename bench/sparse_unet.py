@@ -1,0 +1,272 @@
+"""Benchmark: one training step of DisNet(MinkUNet18A -> 768) on synthetic ScanNet-scale rooms.
+
+A step = build the SparseTensor (kernel maps are rebuilt every step, as in training where every batch
+has new coordinates), forward, cosine-distance loss to random unit targets (the distillation loss),
+backward, Adam. Prints the median ms/step over ``--steps`` after ``--warmup`` steps, voxels/s, peak
+memory, and the share of the step spent building coordinates + kernel maps. With spconv importable it
+also times the same network shape in spconv on the same voxels.
+
+    PYTHONPATH=. python bench/sparse_unet.py                                # CUDA if present, full size
+    PYTHONPATH=. python bench/sparse_unet.py --device cpu --scale 0.05 --steps 2 --batch-sizes 1
+    PYTHONPATH=. python bench/sparse_unet.py --dtype fp32,bf16,fp16 --batch-sizes 1,4 --impl torch,triton
+"""
+import argparse
+import platform
+import resource
+import statistics
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+import models.sparse as ME
+from models.disnet import DisNet
+from models.sparse import functional
+from util.losses import cosine_distance
+
+VOXELS_PER_SCENE = 185_000  # a ScanNet scene at 2 cm has about this many occupied voxels
+
+
+def synthetic_room(rng, scale):
+    """Voxel coordinates [N, 3] of a room: floor, four walls and a few boxes (surfaces only)."""
+    target = VOXELS_PER_SCENE * scale
+    side = max(int(np.sqrt(target / 3.6)), 8)      # floor side^2 + walls 2*side^2 + boxes ~0.6*side^2
+    height = side // 2
+    g = np.arange(side)
+    gx, gy = np.meshgrid(g, g, indexing='ij')
+    floor = np.stack([gx.ravel(), gy.ravel(), np.zeros(gx.size, int)], 1)
+    h = np.arange(height)
+    wx, wz = np.meshgrid(g, h, indexing='ij')
+    walls = [np.stack([wx.ravel(), np.full(wx.size, y), wz.ravel()], 1) for y in (0, side - 1)]
+    walls += [np.stack([np.full(wx.size, x), wx.ravel(), wz.ravel()], 1) for x in (0, side - 1)]
+    boxes = []
+    for _ in range(6):
+        size = rng.integers(side // 10 + 2, side // 4 + 3, size=3)
+        lo = rng.integers(1, side - size[:2].max() - 1, size=2)
+        bx, by, bz = (np.arange(s) for s in size)
+        for axis in range(3):  # the faces of the box at both ends of each axis (top and sides)
+            a, b = [bx, by, bz][(axis + 1) % 3], [bx, by, bz][(axis + 2) % 3]
+            ma, mb = np.meshgrid(a, b, indexing='ij')
+            for end in (0, size[axis] - 1):
+                face = np.zeros((ma.size, 3), int)
+                face[:, axis] = end
+                face[:, (axis + 1) % 3] = ma.ravel()
+                face[:, (axis + 2) % 3] = mb.ravel()
+                boxes.append(face + np.array([lo[0], lo[1], 0]))
+    xyz = np.concatenate([floor] + walls + boxes)
+    xyz = xyz + rng.integers(-1, 2, size=xyz.shape) * (rng.random(xyz.shape) < 0.05)  # surface jitter
+    return np.unique(xyz, axis=0)
+
+
+def make_batch(batch_size, scale, seed):
+    rng = np.random.default_rng(seed)
+    coords = [np.concatenate([np.full((len(r), 1), b), r], 1)
+              for b, r in enumerate(synthetic_room(rng, scale) for _ in range(batch_size))]
+    coords = torch.from_numpy(np.concatenate(coords)).int()
+    feats = torch.from_numpy(rng.random((len(coords), 3), dtype=np.float32))
+    return coords, feats
+
+
+def autocast_for(device, dtype):
+    if dtype == 'fp32':
+        return torch.autocast(device_type=device.type, enabled=False)
+    return torch.autocast(device_type=device.type, dtype={'bf16': torch.bfloat16, 'fp16': torch.float16}[dtype])
+
+
+def peak_memory_mib(device):
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def bench_ours(coords, feats, device, dtype, steps, warmup, impl='torch'):
+    functional.set_implementation(impl)
+    torch.manual_seed(0)
+    model = DisNet(SimpleNamespace(arch_3d='MinkUNet18A', feature_2d_extractor='openseg')).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'fp16'))
+    coords, feats = coords.to(device), feats.to(device)
+    target = torch.nn.functional.normalize(torch.randn(len(coords), 768, device=device), dim=1)
+    times, map_share = [], []
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    for step in range(warmup + steps):
+        sync(device)
+        t0 = time.perf_counter()
+        x = ME.SparseTensor(feats, coords)
+        with autocast_for(device, dtype):
+            out = model(x)
+        loss = cosine_distance(out, target)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sync(device)
+        dt = time.perf_counter() - t0
+        if step >= warmup:
+            times.append(dt)
+            map_share.append(x.coordinate_manager.kernel_map_seconds / dt)
+    return statistics.median(times), statistics.median(map_share), peak_memory_mib(device)
+
+
+class _SpconvUNet(torch.nn.Module):
+    """MinkUNet18A's shape in spconv: SubMConv3d for odd kernels, SparseConv3d / SparseInverseConv3d
+    (kernel 2, stride 2, shared indice keys) for the down / up path, the same channels."""
+
+    def __init__(self, spconv, out_dim=768):
+        super().__init__()
+        planes, nn = (32, 64, 128, 256, 128, 128, 96, 96), torch.nn
+        self.sp = spconv
+
+        def block(cin, cout, key):
+            return nn.ModuleDict(dict(
+                c1=spconv.SubMConv3d(cin, cout, 3, bias=False, indice_key=key), n1=nn.BatchNorm1d(cout),
+                c2=spconv.SubMConv3d(cout, cout, 3, bias=False, indice_key=key), n2=nn.BatchNorm1d(cout),
+                down=(spconv.SubMConv3d(cin, cout, 1, bias=False, indice_key=key + 'p') if cin != cout
+                      else nn.Identity()), dn=nn.BatchNorm1d(cout) if cin != cout else nn.Identity()))
+
+        self.stem = spconv.SubMConv3d(3, 32, 5, bias=False, indice_key='s1k5')
+        self.bn0 = nn.BatchNorm1d(32)
+        self.downs, self.dbn, self.dblocks = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        w = 32
+        for i in range(4):
+            self.downs.append(spconv.SparseConv3d(w, w, 2, stride=2, bias=False, indice_key=f'down{i}'))
+            self.dbn.append(nn.BatchNorm1d(w))
+            self.dblocks.append(nn.ModuleList([block(w, planes[i], f's{2 ** (i + 1)}'),
+                                               block(planes[i], planes[i], f's{2 ** (i + 1)}')]))
+            w = planes[i]
+        skips = (planes[2], planes[1], planes[0], 32)
+        self.ups, self.ubn, self.ublocks = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for i in range(4):
+            p = planes[4 + i]
+            self.ups.append(spconv.SparseInverseConv3d(w, p, 2, bias=False, indice_key=f'down{3 - i}'))
+            self.ubn.append(nn.BatchNorm1d(p))
+            key = f's{2 ** (3 - i)}' if i < 3 else 's1'
+            self.ublocks.append(nn.ModuleList([block(p + skips[i], p, key), block(p, p, key)]))
+            w = p
+        self.final = spconv.SubMConv3d(w, out_dim, 1, bias=False, indice_key='s1f')
+
+    def _bnrelu(self, x, bn):
+        return x.replace_feature(torch.relu(bn(x.features)))
+
+    def _block(self, x, b):
+        res = b['down'](x) if not isinstance(b['down'], torch.nn.Identity) else x
+        res_f = b['dn'](res.features)
+        out = self._bnrelu(b['c1'](x), b['n1'])
+        out = b['c2'](out)
+        return out.replace_feature(torch.relu(b['n2'](out.features) + res_f))
+
+    def forward(self, x):
+        x = self._bnrelu(self.stem(x), self.bn0)
+        skips = [x]
+        for i in range(4):
+            x = self._bnrelu(self.downs[i](x), self.dbn[i])
+            for b in self.dblocks[i]:
+                x = self._block(x, b)
+            skips.append(x)
+        skips.pop()  # the stride-16 output is not a skip
+        for i in range(4):
+            x = self._bnrelu(self.ups[i](x), self.ubn[i])
+            x = x.replace_feature(torch.cat([x.features, skips.pop().features], 1))
+            for b in self.ublocks[i]:
+                x = self._block(x, b)
+        return self.final(x).features
+
+
+def bench_spconv(spconv, coords, feats, batch_size, device, dtype, steps, warmup):
+    torch.manual_seed(0)
+    model = _SpconvUNet(spconv).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'fp16'))
+    c = coords.to(device)
+    # spconv wants non-negative indices: shift by a multiple of the coarsest stride (16), so every
+    # strided level sees the same voxel grid as ours
+    lo = torch.div(c[:, 1:].min(0).values, 16, rounding_mode='floor') * 16
+    c = c - torch.cat([torch.zeros(1, dtype=c.dtype, device=device), lo])
+    shape = (c[:, 1:].max(0).values + 2).tolist()
+    indices = c.int().contiguous()
+    f = feats.to(device)
+    target = torch.nn.functional.normalize(torch.randn(len(c), 768, device=device), dim=1)
+    times = []
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    for step in range(warmup + steps):
+        sync(device)
+        t0 = time.perf_counter()
+        x = spconv.SparseConvTensor(f, indices, shape, batch_size)
+        with autocast_for(device, dtype):
+            out = model(x)
+        loss = cosine_distance(out, target)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sync(device)
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), peak_memory_mib(device)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--batch-sizes', default='1,4')
+    p.add_argument('--dtype', default=None, help='comma list of fp32,bf16,fp16 (default: fp32 on CPU, '
+                                                 'all three on CUDA)')
+    p.add_argument('--impl', default=None, help='comma list of sparse_conv implementations: torch,triton '
+                                                '(default: both on CUDA, torch on CPU)')
+    p.add_argument('--scale', type=float, default=1.0, help='fraction of a ScanNet scene (185k voxels)')
+    p.add_argument('--steps', type=int, default=10)
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--seed', type=int, default=0)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    dtypes = (args.dtype or ('fp32,bf16,fp16' if device.type == 'cuda' else 'fp32')).split(',')
+    impls = (args.impl or ('torch,triton' if device.type == 'cuda' else 'torch')).split(',')
+    for d in dtypes:
+        if d not in ('fp32', 'bf16', 'fp16'):
+            raise SystemExit(f'--dtype: unknown {d!r}, expected fp32, bf16 or fp16')
+    for i in impls:
+        if i not in ('torch', 'triton'):
+            raise SystemExit(f'--impl: unknown {i!r}, expected torch or triton')
+    try:
+        import spconv.pytorch as spconv
+    except ImportError:
+        spconv = None
+
+    print('# bench/sparse_unet.py: one training step of DisNet(MinkUNet18A, 768), cosine loss, Adam')
+    print(f'# machine: {platform.machine()} {platform.processor() or ""} | python {platform.python_version()} '
+          f'| torch {torch.__version__} | threads {torch.get_num_threads()}')
+    if device.type == 'cuda':
+        print(f'# device: {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})')
+    else:
+        print('# device: cpu (peak_rss is the process peak so far: later rows inherit earlier peaks)')
+    print(f'# scale {args.scale} (x {VOXELS_PER_SCENE} voxels/scene), steps {args.steps} (median) after '
+          f'{args.warmup} warm-up, spconv: {"yes" if spconv else "not installed"} (spconv has no bf16 path: '
+          f'its autocast casts to fp16, so bf16 rows are not compared)')
+    mem_name = 'peak_alloc_MiB' if device.type == 'cuda' else 'peak_rss_MiB'
+    print(f'{"batch":>5} {"dtype":>5} {"impl":>6} {"voxels":>9} {"ms/step":>9} {"voxels/s":>10} {mem_name:>14} '
+          f'{"map_share":>9} {"spconv_ms":>9} {"spconv_MiB":>10} {"ours/spconv":>11}')
+    for bs in [int(b) for b in args.batch_sizes.split(',')]:
+        coords, feats = make_batch(bs, args.scale, args.seed)
+        for dtype in dtypes:
+            sp = None
+            if spconv is not None and dtype != 'bf16':
+                sp = bench_spconv(spconv, coords, feats, bs, device, dtype, args.steps, args.warmup)
+            for impl in impls:
+                sec, share, mem = bench_ours(coords, feats, device, dtype, args.steps, args.warmup, impl)
+                sp_ms, sp_mem, ratio = ('-', '-', '-') if sp is None else \
+                    (f'{sp[0] * 1e3:.1f}', f'{sp[1]:.0f}', f'{sec / sp[0]:.2f}')
+                print(f'{bs:>5} {dtype:>5} {impl:>6} {len(coords):>9} {sec * 1e3:>9.1f} {len(coords) / sec:>10.0f} '
+                      f'{mem:>14.0f} {share:>9.1%} {sp_ms:>9} {sp_mem:>10} {ratio:>11}', flush=True)
+    functional.set_implementation('torch')
+
+
+if __name__ == '__main__':
+    main()
