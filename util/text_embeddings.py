@@ -1,0 +1,168 @@
+"""CLIP text embeddings of the class names (paper §3.2: the text side of the PLG formula, SPEC §2.1).
+
+Either read from an ``.npy`` file ([C, D], rows normalised on load) or computed with open_clip:
+ViT-L-14-336 gives the 768-d space of OpenSeg features, ViT-B-32 the 512-d space of LSeg/CLIP.
+Upstream (util/util.py extract_text_feature) encodes the bare class names with ScanNet's
+'otherfurniture' spelled 'other'; callers pass ``dataset_info(...).text_labels`` for that.
+
+Results may be cached on disk; the cache file name carries a hash of everything that changes the
+result (model, weights, class names, template), so a stale cache can never be returned.
+"""
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+
+from dataset import formats
+from util.io import atomic_np_save
+
+_CACHE_VERSION = 1
+
+
+def apply_template(class_names, template='', last_as_other=False):
+    """'a {} in a scene' -> one prompt per class; an empty template keeps the bare names (upstream).
+
+    ``last_as_other``: with a template, the last class is prompted as the bare word 'other', as upstream's
+    ``extract_text_feature`` does for ScanNet ('otherfurniture') and S3DIS ('clutter').
+    """
+    if not template:
+        return list(class_names)
+    if '{}' not in template:
+        raise ValueError(f"prompt_template '{template}' must contain '{{}}' where the class name goes")
+    prompts = [template.format(name) for name in class_names]
+    if last_as_other and prompts:
+        prompts[-1] = 'other'
+    return prompts
+
+
+def _normalise(emb):
+    """Row L2 normalisation done exactly as formats.load_text_embeddings does it, so that a freshly
+    computed result and its cached copy are bit-identical (the cache stores the raw output)."""
+    emb = np.asarray(emb, dtype=np.float32)
+    return torch.from_numpy(emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12))
+
+
+@torch.no_grad()
+def _encode_raw(model, tokenizer, class_names, template='', device='cpu', last_as_other=False):
+    prompts = apply_template(class_names, template, last_as_other)
+    tokens = tokenizer(prompts).to(device)
+    model = model.to(device).eval()
+    return model.encode_text(tokens).float().cpu().numpy()
+
+
+def encode_class_names(model, tokenizer, class_names, template='', device='cpu', last_as_other=False):
+    """Encode class names with an already-built open_clip model -> float32 [C, D], rows L2-normalised."""
+    return _normalise(_encode_raw(model, tokenizer, class_names, template, device, last_as_other))
+
+
+def _resolve_model_name(model_name):
+    """A model name known to open_clip, or a path to a model-config JSON (registered under its stem)."""
+    import open_clip
+    if model_name.endswith('.json'):
+        if not os.path.isfile(model_name):
+            raise FileNotFoundError(f"open_clip model config '{model_name}' does not exist (clip_model)")
+        open_clip.add_model_config(model_name)
+        return os.path.splitext(os.path.basename(model_name))[0]
+    if model_name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model '{model_name}' (clip_model): use e.g. 'ViT-L-14-336' "
+                         f"(768-d, OpenSeg space), 'ViT-B-32' (512-d, LSeg space) or a model-config .json path")
+    return model_name
+
+
+def _weights_key(pretrained):
+    """Identity of the weights for the cache key: a tag, or a local file's path, size and mtime."""
+    if os.path.isfile(pretrained):
+        st = os.stat(pretrained)
+        return f'file:{os.path.abspath(pretrained)}:{st.st_size}:{st.st_mtime_ns}'
+    return f'tag:{pretrained}'
+
+
+def cache_file(cache_dir, class_names, model_name, pretrained, template, last_as_other=False):
+    """Cache path of one (model, weights, class names, template) combination."""
+    if model_name.endswith('.json') and os.path.isfile(model_name):
+        with open(model_name, 'rb') as f:  # a config file's content defines the model, not its name
+            model_id = 'json:' + hashlib.sha1(f.read()).hexdigest()
+    else:
+        model_id = model_name
+    key = json.dumps({'v': _CACHE_VERSION, 'model': model_id, 'weights': _weights_key(pretrained),
+                      'labels': list(class_names), 'template': template,
+                      'prompts': apply_template(class_names, template, last_as_other)}, sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    safe = os.path.basename(model_name).replace('/', '_').replace('.json', '')
+    return os.path.join(cache_dir, f'text_emb_{safe}_{len(class_names)}c_{digest}.npy')
+
+
+def needs_quick_gelu(model_name, pretrained):
+    """True when an open_clip pretrained tag was trained with QuickGELU (the OpenAI weights) but the model
+    config does not say so: open_clip then only warns and builds GELU, which degrades every feature. A
+    local checkpoint carries no tag: pick the '-quickgelu' model name for OpenAI weights yourself."""
+    import open_clip
+    if not pretrained or os.path.isfile(str(pretrained)):
+        return False
+    return bool(open_clip.get_pretrained_cfg(model_name, pretrained).get('quick_gelu', False))
+
+
+def build_clip_text_model(model_name='ViT-L-14-336', pretrained='openai', device='cpu'):
+    """(model, tokenizer) from open_clip; ``pretrained`` is an open_clip tag or a local checkpoint path."""
+    import open_clip
+    name = _resolve_model_name(model_name)
+    if pretrained and not os.path.isfile(pretrained) and (os.sep in pretrained or pretrained.endswith(('.pt', '.pth', '.bin', '.safetensors'))):
+        raise FileNotFoundError(f"CLIP checkpoint '{pretrained}' (clip_pretrained) does not exist")
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained or None, device=device,
+                                       force_quick_gelu=needs_quick_gelu(name, pretrained))
+    except Exception as err:
+        raise RuntimeError(
+            f"cannot load open_clip model '{model_name}' with weights '{pretrained}': {err}\n"
+            f"Without internet access give the weights yourself: set clip_pretrained to a local checkpoint "
+            f"path (e.g. the open_clip/OpenAI .pt file of {model_name}), or skip CLIP entirely by setting "
+            f"text_embeddings_path to a precomputed [C, D] .npy file of text embeddings") from err
+    return model, open_clip.get_tokenizer(name)
+
+
+def load_or_compute_text_embeddings(class_names, *, embeddings_path='', model_name='ViT-L-14-336',
+                                    pretrained='openai', template='', cache_dir='', device='cpu',
+                                    model=None, tokenizer=None, last_as_other=False):
+    """Text embeddings of ``class_names`` -> torch.FloatTensor [C, D] (rows L2-normalised).
+
+    ``embeddings_path`` (an .npy [C, D]) wins when given. Otherwise the names (with ``template``, see
+    ``apply_template`` for ``last_as_other``) are encoded with open_clip: ``model``/``tokenizer`` if given (already-built), else built from
+    ``model_name`` (a name or a config .json) and ``pretrained`` (a tag or a local checkpoint).
+    With ``cache_dir`` the result is read from / written to a hashed cache file.
+    """
+    class_names = list(class_names)
+    if embeddings_path:
+        emb = formats.load_text_embeddings(embeddings_path, num_classes=len(class_names))
+        return torch.from_numpy(emb)
+    path = ''
+    # an already-built model has no stable identity on disk, so its result is never cached
+    if cache_dir and model is None:
+        path = cache_file(cache_dir, class_names, model_name, pretrained, template, last_as_other)
+        if os.path.isfile(path):
+            return torch.from_numpy(formats.load_text_embeddings(path, num_classes=len(class_names)))
+    if model is None:
+        model, tokenizer = build_clip_text_model(model_name, pretrained, device=device)
+    elif tokenizer is None:
+        raise ValueError('an already-built model needs its tokenizer (open_clip.get_tokenizer(name))')
+    raw = _encode_raw(model, tokenizer, class_names, template, device, last_as_other)
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        atomic_np_save(path, raw.astype(np.float32))
+    return _normalise(raw)
+
+
+def text_embeddings_from_config(cfg, info, device='cpu'):
+    """Text embeddings of a label set from the config keys every stage shares (text_embeddings_path,
+    clip_model, clip_pretrained, prompt_template, text_cache_dir)."""
+    get = lambda k, d: cfg.get(k, d) if hasattr(cfg, 'get') else getattr(cfg, k, d)
+    return load_or_compute_text_embeddings(
+        info.text_labels,
+        embeddings_path=get('text_embeddings_path', '') or '',
+        model_name=get('clip_model', 'ViT-L-14-336'),
+        pretrained=get('clip_pretrained', 'openai') or '',
+        template=get('prompt_template', '') or '',
+        cache_dir=get('text_cache_dir', '') or '',
+        device=device,
+        last_as_other=info.name in ('scannet', 's3dis'))

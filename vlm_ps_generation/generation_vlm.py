@@ -1,0 +1,203 @@
+"""Pseudo-label generation (PLG, paper §3.2, SPEC §2.1): fused 2D VLM features x CLIP text embeddings,
+restricted to the scene-level label, give one pseudo label per 3D point.
+
+    PYTHONPATH=. python vlm_ps_generation/generation_vlm.py --config vlm_ps_generation/config/demo.yaml [key value ...]
+
+Writes ``<save_folder>/<scene>_pred.npy`` (int64 [N], ``num_classes`` = unlabeled) and
+``<scene>_prob_pred.npy`` (float32 [N], the winning softmax probability; 0 for unlabeled points),
+then prints and writes ``<save_folder>/plg_summary.json`` (pseudo-label mIoU against GT, coverage).
+
+Choices against upstream (vlm_ps_generation/generation_vlm.py + dataset/generation_featute_loader.py):
+- Upstream scores one representative point per 2 cm voxel and copies its label to every point of the
+  voxel (through the inverse map); a point is 'unlabeled' when its voxel's representative has no 2D
+  feature. We reproduce that (``plg_per_point: False``), but voxelise the scene in its own
+  coordinates: upstream's loader builds its Voxelizer with random rotation/scale/translation even in
+  this stage, which only reshuffles which point represents a voxel and makes the labels
+  non-reproducible. ``plg_per_point: True`` scores every covered point on its own instead.
+- The representative is the lowest-index point of the voxel (``dataset.voxelizer.sparse_quantize``).
+- When a scene has several fused-feature files (``<scene>_<k>.pt``, upstream's repeated 2D fusion),
+  the first one (``_0.pt``) is used, as upstream's PLG loader does with its default offset 0.
+- Scores are computed in float32 (upstream: half on GPU); argmax may differ only on exact ties.
+- The headline mIoU counts an unlabeled point as a miss in IoU too (a 3D network labels every point);
+  upstream's metric leaves 'no feature' points out of the IoU (they only lower the accuracy), and that
+  number is in the summary too ('miou_upstream'). Both score every point against its own GT label.
+- When a scene has several fused-feature files, a warning says that only the first is read (OpenScene's
+  released train features are five 20k-point subsets: PLG on them covers one subset).
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dataset import formats
+from dataset.label_constants import IGNORE_LABEL, dataset_info
+from dataset.voxelizer import sparse_quantize
+from util.config import load_config
+from util.io import atomic_write_text
+from util.metric import confusion_matrix, evaluate_confusion, format_table
+from util.misc import get_device
+from util.text_embeddings import text_embeddings_from_config
+from vlm_ps_generation.pseudo_labels import pseudo_labels_from_features, scene_label_mask
+
+FEAT_DIMS = {'openseg': 768, 'lseg': 512, 'clip': 512}
+
+
+def load_scene_label_file(path, class_names, text_labels=()):
+    """JSON {scene: [class names]} -> {scene: bool [C] mask}. Names may be label or text-label names."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"scene_label_file '{path}' does not exist")
+    with open(path) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"scene_label_file '{path}' is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"scene_label_file '{path}': expected an object {{scene: [class names]}}, "
+                         f"found {type(data).__name__}")
+    index = {name: i for i, name in enumerate(class_names)}
+    for i, name in enumerate(text_labels):  # ScanNet 'other' == 'otherfurniture'
+        index.setdefault(name, i)
+    masks = {}
+    for scene, names in data.items():
+        if not isinstance(names, list):
+            raise ValueError(f"scene_label_file '{path}': scene '{scene}' must map to a list of class names")
+        if not names:
+            raise ValueError(f"scene_label_file '{path}': scene '{scene}' has an empty class list; every scene "
+                             f"needs at least one class (leave the scene out of the split instead)")
+        mask = np.zeros(len(class_names), dtype=bool)
+        for name in names:
+            if name not in index:
+                raise ValueError(f"scene_label_file '{path}': unknown class '{name}' for scene '{scene}'; "
+                                 f"expected one of {list(class_names)}")
+            mask[index[name]] = True
+        masks[scene] = mask
+    return masks
+
+
+def plg_scene(coords, feat, mask_full, text_embeddings, scene_mask, *, voxel_size=0.02, per_point=False,
+              chunk_size=65536, device='cpu'):
+    """Pseudo labels of one scene -> (labels int64 [N], probs float32 [N]); unlabeled = C, prob 0.
+
+    coords [N, 3]; feat [M, D] rows of the covered points (ascending index); mask_full bool [N].
+    """
+    num_classes = text_embeddings.shape[0]
+    mask_full = np.asarray(mask_full, dtype=bool)
+    n = mask_full.shape[0]
+    labels = np.full(n, num_classes, dtype=np.int64)
+    probs = np.zeros(n, dtype=np.float32)
+    covered_idx = np.flatnonzero(mask_full)
+    if per_point:
+        lab, conf = pseudo_labels_from_features(feat, text_embeddings, scene_mask, chunk_size, device)
+        labels[covered_idx], probs[covered_idx] = lab, conf
+        return labels, probs
+    # voxel-representative scoring (upstream): label of a voxel = label of its first point, copied
+    # to all its points; the voxel is unlabeled when that representative has no 2D feature.
+    _, kept, inverse = sparse_quantize(np.asarray(coords, dtype=np.float64), voxel_size)
+    row_of_point = np.full(n, -1, dtype=np.int64)
+    row_of_point[covered_idx] = np.arange(covered_idx.shape[0])
+    rep_rows = row_of_point[kept]                  # feature row of each voxel's representative, -1 if none
+    scored = rep_rows >= 0
+    vox_labels = np.full(kept.shape[0], num_classes, dtype=np.int64)
+    vox_probs = np.zeros(kept.shape[0], dtype=np.float32)
+    rows = torch.from_numpy(rep_rows[scored])
+    lab, conf = pseudo_labels_from_features(torch.as_tensor(feat)[rows], text_embeddings, scene_mask,
+                                            chunk_size, device)
+    vox_labels[scored], vox_probs[scored] = lab, conf
+    return vox_labels[inverse], vox_probs[inverse]
+
+
+def scene_feature_path(feat_root, scene):
+    """The fused-feature file PLG reads: the first of ``<scene>_<k>.pt`` (upstream's offset 0)."""
+    files = formats.fused_feature_files(feat_root, scene)
+    if len(files) > 1:
+        tqdm.write(f"warning: scene '{scene}' has {len(files)} fused-feature files in '{feat_root}'; PLG reads only "
+                   f"'{os.path.basename(files[0])}' (as upstream), so points outside that file get 'unlabeled'")
+    return files[0]
+
+
+def run(cfg):
+    info = dataset_info(cfg.labelset)
+    device = get_device(cfg.device)
+    save_folder = cfg.save_folder
+    if not save_folder:
+        raise ValueError('save_folder is empty: give the folder for the pseudo labels (save_folder <dir>)')
+    os.makedirs(save_folder, exist_ok=True)
+    feat_dim = cfg.feat_dim or FEAT_DIMS.get(cfg.feature_2d_extractor)
+    text = text_embeddings_from_config(cfg, info, device=device)
+    if feat_dim is not None and text.shape[1] != feat_dim:
+        raise ValueError(f"text embeddings have dimension {text.shape[1]} but feature_2d_extractor "
+                         f"'{cfg.feature_2d_extractor}' gives {feat_dim}-d features; use the matching CLIP model "
+                         f"(ViT-L-14-336 for openseg, ViT-B-32 for lseg) or text_embeddings_path")
+    scene_labels = None
+    if cfg.scene_label_file:
+        scene_labels = load_scene_label_file(cfg.scene_label_file, info.labels, info.text_labels)
+
+    paths = formats.list_scenes(cfg.data_root, cfg.split)
+    # scenes are scored one at a time and summed into a confusion matrix (ScanNet train has ~1e8 points)
+    conf = np.zeros((info.num_classes + 1, info.num_classes + 1), np.int64)
+    n_points = n_covered = n_with_gt = n_written = n_skipped = 0
+    for path in tqdm(paths, desc='PLG', unit='scene', file=sys.stdout):
+        scene = formats.scene_name(path)
+        pt = formats.load_scene_3d(path)
+        label_path, _ = formats.pseudo_label_paths(save_folder, scene)
+        if os.path.isfile(label_path) and not cfg.overwrite:
+            pred = formats.load_pseudo_labels(save_folder, scene, num_points=pt.coords.shape[0])
+            n_skipped += 1
+        else:
+            if scene_labels is not None:
+                if scene not in scene_labels:
+                    raise KeyError(f"scene '{scene}' is missing from scene_label_file '{cfg.scene_label_file}'")
+                scene_mask = scene_labels[scene]
+            else:
+                if not pt.has_labels:
+                    raise ValueError(f"3D scene '{path}' has no labels, so its scene-level label cannot be read "
+                                     f"from GT: give scene_label_file (JSON {{scene: [class names]}})")
+                scene_mask = scene_label_mask(pt.labels, info.num_classes)
+                if not scene_mask.any():
+                    tqdm.write(f"warning: 3D scene '{path}' has no labelled point (all {IGNORE_LABEL}), so its "
+                               f"scene-level label is empty: every point gets 'unlabeled'")
+            feat, mask_full = formats.load_fused_features(scene_feature_path(cfg.data_root_2d_fused_feature, scene),
+                                                          num_points=pt.coords.shape[0], feat_dim=feat_dim)
+            pred, prob = plg_scene(pt.coords, feat, mask_full.numpy(), text, scene_mask,
+                                   voxel_size=cfg.voxel_size, per_point=cfg.plg_per_point,
+                                   chunk_size=cfg.chunk_size, device=device)
+            formats.save_pseudo_labels(save_folder, scene, pred, prob)
+            n_written += 1
+        if pt.has_labels:
+            conf += confusion_matrix(pred, pt.labels, info.num_classes)
+            n_points += pred.shape[0]
+            n_covered += int((pred < info.num_classes).sum())
+            n_with_gt += 1
+
+    summary = {'split': cfg.split, 'num_scenes': len(paths), 'written': n_written, 'skipped': n_skipped,
+               'save_folder': save_folder}
+    if n_with_gt:
+        res = evaluate_confusion(conf, info.labels, no_feature_in_iou=True)
+        res_upstream = evaluate_confusion(conf, info.labels, no_feature_in_iou=False)
+        summary.update({
+            'miou': res['miou'], 'macc': res['macc'], 'miou_present': res['miou_present'],
+            'miou_upstream': res_upstream['miou'],
+            'coverage': n_covered / max(n_points, 1),
+            'num_points': n_points,
+            'iou': {n: (None if np.isnan(v) else float(v)) for n, v in zip(info.labels, res['iou'])},
+        })
+        print(format_table(res))
+        print(f"PLG: pseudo-label mIoU {100 * res['miou']:.2f} (unlabeled counted wrong), "
+              f"coverage {100 * summary['coverage']:.2f}% of {summary['num_points']} points, "
+              f"{len(paths)} scenes ({n_written} written, {n_skipped} already done)")
+    else:
+        print(f"PLG: {len(paths)} scenes ({n_written} written, {n_skipped} already done); no GT for mIoU")
+    atomic_write_text(os.path.join(save_folder, 'plg_summary.json'), json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv=None):
+    cfg = load_config(argv, description='3DSS-VLG pseudo-label generation (PLG)')
+    return run(cfg)
+
+
+if __name__ == '__main__':
+    main()
