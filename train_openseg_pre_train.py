@@ -1,0 +1,170 @@
+"""ESS, Embeddings Specialization Stage (paper §3.3, SPEC §2.2): train the embedding adapter.
+
+    python train_openseg_pre_train.py --config config/scannet/openseg_pre_train.yaml [key value ...]
+
+The fused 2D embedding x of every covered training point goes through the adapter
+a(x) = W2(W1 x)(1 - alpha) + x alpha, is classified against the frozen CLIP text embeddings
+(logits = a(x) T^T) and trained with cross-entropy against the PLG pseudo labels ('unlabeled' ignored).
+After every epoch the val mIoU of argmax(logits) against GT is measured; ``best.pth`` (by that mIoU)
+and ``last.pth`` go to ``save_path``. ``resume <save_path>/last.pth`` continues exactly where the run
+stopped: data order and point draws depend only on (manual_seed, epoch).
+"""
+import math
+import os
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dataset.ess_loader import ESSPointDataset, ESSSceneDataset, EpochShuffleSampler, collate_scene
+from dataset.label_constants import dataset_info
+from models.adapter import build_adapter
+from util import metric
+from util.checkpoint import load_checkpoint, save_best_and_last
+from util.config import load_config
+from util.logger import get_logger
+from util.misc import AverageMeter, Timer, get_device, set_seed
+from util.tensorboard import close_writer, create_writer, log_scalars
+from util.text_embeddings import text_embeddings_from_config
+
+CHUNK = 65536  # points per forward pass at validation: bounds memory on 500k-point scenes
+
+
+def val_feature_root(cfg):
+    """Upstream reads val features from another folder than train ones; '' means the same folder."""
+    return cfg.data_root_2d_fused_feature_val or cfg.data_root_2d_fused_feature
+
+
+@torch.no_grad()
+def predict_covered(model, feat, device):
+    """argmax of the adapted logits for every covered point (rows of a fused-feature file)."""
+    preds = [model(feat[s:s + CHUNK].to(device)).argmax(1).cpu() for s in range(0, feat.shape[0], CHUNK)]
+    return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
+
+
+@torch.no_grad()
+def validate(model, loader, info, device):
+    """Val mIoU of argmax(adapted logits) against GT.
+
+    'covered' scores the covered points only, as upstream (its val loader holds nothing else; upstream
+    also subsamples num_points of them at random, we score all of them so the number is not noisy).
+    'all points' scores every point, an uncovered one predicted 'unlabeled' and counted as a miss in IoU
+    too (``no_feature_in_iou``; upstream's metric drops such points from IoU, which would make this
+    number equal the covered one).
+    """
+    model.eval()
+    covered_pred, covered_gt, all_pred, all_gt = [], [], [], []
+    for item in tqdm(loader, desc='  val', leave=False, dynamic_ncols=True):
+        pred = predict_covered(model, item['feat'], device)
+        mask = item['mask_full'].numpy()
+        full = np.full(mask.shape[0], info.unlabeled_index, np.int64)
+        full[mask] = pred
+        covered_pred.append(pred), covered_gt.append(item['gt'][mask])
+        all_pred.append(full), all_gt.append(item['gt'])
+    covered = metric.evaluate(np.concatenate(covered_pred), np.concatenate(covered_gt), info.labels)
+    all_points = metric.evaluate(np.concatenate(all_pred), np.concatenate(all_gt), info.labels, no_feature_in_iou=True)
+    return covered, all_points
+
+
+def train_one_epoch(model, loader, criterion, optimizer, device, desc):
+    model.train()
+    loss_meter = AverageMeter()
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    for feats, labels in bar:
+        feats, labels = feats.to(device), labels.to(device)
+        logits = model(feats)                                    # [B, P, C]
+        # mean over all non-ignored points of the batch, as upstream's CrossEntropyLoss on [B, C, P]
+        loss = criterion(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss_meter.update(loss.item(), feats.shape[0])
+        bar.set_postfix(loss=f'{loss_meter.avg:.4f}')
+    return loss_meter.avg
+
+
+def step_scheduler_at_epoch_start(scheduler):
+    """Upstream calls ``scheduler.step()`` at the start of every epoch, before any optimizer step, so
+    the first decay happens after 19 epochs, then every 20; we keep that schedule."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Detected call of `lr_scheduler.step\\(\\)` before')
+        scheduler.step()
+    return scheduler.get_last_lr()[0]
+
+
+def main(argv=None):
+    # ---- config, logging, seed
+    cfg = load_config(argv, description='ESS: train the embedding adapter on PLG pseudo labels')
+    os.makedirs(cfg.save_path, exist_ok=True)
+    logger = get_logger('ess-train', log_file=os.path.join(cfg.save_path, 'train_ess.log'))
+    logger.info(f'config {cfg.config_file}\n{cfg}')
+    set_seed(cfg.manual_seed)
+    device = get_device(cfg.device)
+    info = dataset_info(cfg.labelset)
+    text_embeddings = text_embeddings_from_config(cfg, info, 'cpu')
+
+    # ---- data: covered points with pseudo labels (train), every covered point with GT (val)
+    train_set = ESSPointDataset(cfg.data_root, cfg.train_split, cfg.data_root_2d_fused_feature, cfg.num_points,
+                                info.num_classes, label_source='pseudo', pseudo_label_path=cfg.pseudo_label_path,
+                                feat_dim=text_embeddings.shape[1], seed=cfg.manual_seed, cache=cfg.cache_scenes)
+    sampler = EpochShuffleSampler(len(train_set), seed=cfg.manual_seed)
+    # drop_last as upstream: every step sees batch_size scenes
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                              drop_last=True)
+    if len(train_loader) == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(train_set)} training scenes in "
+                         f"'{cfg.data_root}/{cfg.train_split}': no full batch; lower batch_size")
+    val_set = ESSSceneDataset(cfg.data_root, cfg.val_split, val_feature_root(cfg), info.num_classes,
+                              feat_dim=text_embeddings.shape[1], cache=cfg.cache_scenes)
+    val_loader = DataLoader(val_set, batch_size=1, shuffle=False, num_workers=cfg.workers, collate_fn=collate_scene)
+    logger.info(f'{len(train_set)} train scenes ({len(train_loader)} steps / epoch), {len(val_set)} val scenes')
+
+    # ---- model: adapter + frozen text classifier; Adam + StepLR as upstream
+    model = build_adapter(cfg, text_embeddings).to(device)
+    criterion = nn.CrossEntropyLoss(ignore_index=info.unlabeled_index)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.base_lr, betas=tuple(cfg.betas), eps=1e-8,
+                                 weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_epoch, gamma=cfg.multiplier)
+    start_epoch, best_miou, history = 0, -math.inf, []
+    if cfg.resume:
+        state = load_checkpoint(cfg.resume, model, optimizer, scheduler, map_location=device)
+        start_epoch, best_miou = state['epoch'], state['best_metric']
+        history = [tuple(h) for h in state['extra'].get('val_miou', [])]  # (epoch, val mIoU)
+        logger.info(f"resumed from '{cfg.resume}': {start_epoch} epochs done, best val mIoU {best_miou:.4f}")
+    writer = create_writer(cfg.save_path, enabled=cfg.tensorboard)
+
+    # ---- loop
+    timer = Timer()
+    for epoch in range(start_epoch, cfg.epochs):
+        lr = step_scheduler_at_epoch_start(scheduler)
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        loss = train_one_epoch(model, train_loader, criterion, optimizer, device, f'epoch {epoch + 1}/{cfg.epochs}')
+        scalars, message, is_best = {'train/loss': loss, 'train/lr': lr}, '', False
+        # upstream validates after every epoch (eval_freq 1); the last epoch is always validated
+        if (epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.epochs:
+            covered, all_points = validate(model, val_loader, info, device)
+            history.append((epoch + 1, covered['miou']))
+            is_best = covered['miou'] > best_miou
+            best_miou = max(best_miou, covered['miou'])
+            scalars.update({'val/miou': covered['miou'], 'val/miou_all_points': all_points['miou']})
+            message = (f"  val mIoU {covered['miou']:.4f} (covered points)  {all_points['miou']:.4f} (all points, "
+                       f"uncovered = wrong)  best {best_miou:.4f}{'  *' if is_best else ''}")
+        save_best_and_last(cfg.save_path, is_best, model=model, optimizer=optimizer, scheduler=scheduler,
+                           epoch=epoch + 1, best_metric=best_miou,
+                           extra={'val_miou': history, 'config_file': cfg.config_file})
+        log_scalars(writer, scalars, epoch + 1)
+        logger.info(f'epoch {epoch + 1}/{cfg.epochs}  lr {lr:.2e}  loss {loss:.4f}{message}  [{timer.elapsed():.1f} s]')
+    close_writer(writer)
+    if history:
+        best_epoch, best = max(history, key=lambda h: h[1])
+        logger.info(f"done: best val mIoU {best:.4f} at epoch {best_epoch}; "
+                    f"checkpoints in '{cfg.save_path}' (best.pth, last.pth)")
+    return best_miou
+
+
+if __name__ == '__main__':
+    main()
