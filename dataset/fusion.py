@@ -291,7 +291,8 @@ def build_feature_source(args):
             raise SystemExit('--feature_source precomputed needs --feature_dir')
         return feature_sources.PrecomputedFeatureSource(args.feature_dir, layout=args.feature_layout)
     if args.feature_source == 'openclip':
-        return feature_sources.OpenClipDenseFeatureSource(args.model, args.pretrained, device=args.device)
+        return feature_sources.OpenClipDenseFeatureSource(args.model, args.pretrained, device=args.device,
+                                                          upsample=not args.no_upsample)
     raise SystemExit(f"unknown --feature_source '{args.feature_source}'")
 
 
@@ -313,6 +314,10 @@ def get_parser():
     p.add_argument('--model', default='ViT-B-16', help='open_clip model name')
     p.add_argument('--pretrained', default='openai', help='open_clip pretrained tag or a local checkpoint path')
     p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:1'")
+    p.add_argument('--no_upsample', action='store_true',
+                   help='openclip: keep the ViT patch grid instead of a bilinear map at image size (fusion reads '
+                        'the grid proportionally); use it for large frames, e.g. 2D-3D-S at 1080x1080, where a '
+                        'full-size 512-d map takes 2.4 GB per frame')
     p.add_argument('--depth_threshold', type=float, default=DEPTH_THRESHOLD)
     p.add_argument('--cut_bound', type=int, default=CUT_BOUND)
     p.add_argument('--chunk_size', type=int, default=500_000, help='points projected at once')
@@ -352,6 +357,7 @@ def main(argv=None):
     os.makedirs(args.output_dir, exist_ok=True)
     source = None
     done = skipped = 0
+    failed = {}
     bar = tqdm(paths, desc='fusion', unit='scene')
     for path in bar:
         scene = scene_name(path)
@@ -363,18 +369,28 @@ def main(argv=None):
         if source is None:
             source = build_feature_source(args)  # built lazily: a finished run never loads the 2D model
         points = load_scene_3d(path).coords
-        frames = scene_frames(args.dataset, args.data_root_2d, scene, args)
-        if len(frames) == 0:
-            raise FileNotFoundError(f"scene '{scene}': no RGB-D frames found under '{args.data_root_2d}' "
-                                    f"(see the layout in python -m dataset.fusion --help)")
-        feat, mask = fuse_features(points, frames, source, depth_threshold=args.depth_threshold,
-                                   cut_bound=args.cut_bound, device=args.device, chunk_size=args.chunk_size,
-                                   point_block_size=args.point_block_size)
+        # a scene that cannot be fused is reported and skipped, so one bad scan does not stop a long run
+        try:
+            frames = scene_frames(args.dataset, args.data_root_2d, scene, args)
+            if len(frames) == 0:
+                raise FileNotFoundError(f"no RGB-D frames under '{args.data_root_2d}' (see the layout in --help)")
+            feat, mask = fuse_features(points, frames, source, depth_threshold=args.depth_threshold,
+                                       cut_bound=args.cut_bound, device=args.device, chunk_size=args.chunk_size,
+                                       point_block_size=args.point_block_size, progress=True)
+        except (FileNotFoundError, ValueError) as err:
+            failed[scene] = str(err)
+            tqdm.write(f'{scene}: skipped, {err}')
+            continue
         save_scene_features(args.output_dir, scene, feat, mask, num_files=args.num_files,
                             points_per_file=args.points_per_file, seed=args.seed)
         done += 1
-        tqdm.write(f'{scene}: {int(mask.sum())}/{mask.numel()} points covered ({mask.float().mean():.1%})')
+        coverage = float(mask.float().mean())
+        tqdm.write(f'{scene}: {int(mask.sum())}/{mask.numel()} points covered ({coverage:.1%})'
+                   + ('  <- very low: check poses, intrinsics and depth units' if coverage < 0.05 else ''))
     print(f'fused {done} scenes, skipped {skipped} already finished (use --overwrite to redo) -> {args.output_dir}')
+    if failed:
+        raise SystemExit(f'{len(failed)} scene(s) could not be fused: ' +
+                         '; '.join(f'{scene}: {why}' for scene, why in failed.items()))
 
 
 if __name__ == '__main__':

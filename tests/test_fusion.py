@@ -268,6 +268,13 @@ def test_cli_fuses_precomputed_features_and_resumes(tmp_path):
     assert os.path.getmtime(out) == mtime
     fusion_main(argv + ['--overwrite'])
     assert os.path.getmtime(out) >= mtime
+    # a scene without frames is reported at the end; the others are still fused
+    formats.save_scene_3d(str(tmp_path / '3d' / 'train' / 'scene0002_00_vh_clean_2.pth'), points,
+                          np.zeros_like(points), np.zeros(3, np.int64))
+    os.remove(out)
+    with pytest.raises(SystemExit, match=r"1 scene\(s\) could not be fused: scene0002_00: no exported frames"):
+        fusion_main(argv)
+    assert out.is_file() and not (tmp_path / 'out' / 'scene0002_00_0.pt').exists()
 
 
 def test_precomputed_source_validates_its_files(tmp_path):

@@ -27,7 +27,7 @@ def get_sparse_backend(name='torch'):
     if name == 'minkowski':
         try:
             import MinkowskiEngine as ME
-        except ImportError as e:
+        except Exception as e:  # a broken build raises OSError / RuntimeError as often as ImportError
             raise ImportError(
                 f'sparse backend "minkowski" was requested but MinkowskiEngine cannot be imported ({e}). '
                 'Install it (https://github.com/NVIDIA/MinkowskiEngine, needs a matching CUDA/PyTorch '

@@ -1,0 +1,123 @@
+"""Evaluate a trained ESG network (SPEC §2.4): per-point predictions, mIoU / mAcc, pictures.
+
+    python evaluate.py --config config/scannet/openseg_eval.yaml model_path exp/scannet/esg/best.pth
+
+Loads a checkpoint (ours, or an upstream 3DSS-VLG / OpenScene MinkowskiEngine checkpoint: key
+``state_dict``, with or without DDP's ``module.`` prefixes; the engine uses MinkowskiEngine's parameter
+layout, so the weights load unchanged), predicts every point of ``split`` with ``test_repeats``
+random voxelisations whose logits are summed (``util.inference.predict_split``, the code validation in
+``train_esg.py`` runs), and writes to ``save_folder``:
+    <scene>_pred.npy              predicted label per point (int64; 'unlabeled' = number of classes)
+    <scene>_pred.ply, _gt.ply      coloured point clouds (``save_ply``)
+    <scene>_topdown.png            prediction beside GT from above (``save_png``)
+    iou_per_class.png, metrics.txt, eval_summary.json
+``feature_type``: 'distill' (the 3D network, the paper's number), 'fusion' (the 2D features given in
+``data_root_2d_fused_feature`` alone) or 'ensemble' (OpenScene's 2D-3D ensemble).
+"""
+import json
+import os
+
+import numpy as np
+import torch
+
+from dataset.formats import load_scene_3d, scene_name
+from dataset.label_constants import IGNORE_LABEL, dataset_info
+from util import distributed as du
+from util.checkpoint import load_checkpoint
+from util.config import load_config
+from util.inference import eval_dataset, predict_split
+from util.io import atomic_np_save, atomic_write_text
+from util.logger import get_logger
+from util.metric import evaluate_confusion, format_table
+from util.misc import Timer, set_seed
+from util.text_embeddings import text_embeddings_from_config
+from util.visualize import iou_bar_chart, labels_to_colors, topdown_png, write_ply
+
+
+def build_model(cfg, device):
+    """DisNet with the checkpoint's weights (strict: a different architecture is an error)."""
+    from models.disnet import DisNet
+    model = DisNet(cfg).to(device)
+    if not cfg.model_path:
+        raise ValueError('model_path is empty: give the checkpoint to evaluate, e.g. model_path exp/demo/esg/best.pth')
+    state = load_checkpoint(cfg.model_path, model, map_location=device)
+    return model, state
+
+
+def scene_writer(cfg, val_set, info):
+    """Callback of ``predict_split``: save a scene's predictions and pictures."""
+    palette = info.palette_with_unlabeled()
+
+    def on_scene(index, pred, _logits, gt):
+        path = val_set.data_paths[index]
+        name = scene_name(path)
+        atomic_np_save(os.path.join(cfg.save_folder, f'{name}_pred.npy'), pred)
+        if cfg.save_ply or cfg.save_png:
+            coords = load_scene_3d(path).coords
+            pred_colors, gt_colors = labels_to_colors(pred, palette), labels_to_colors(gt, palette)
+            if cfg.save_ply:
+                write_ply(os.path.join(cfg.save_folder, f'{name}_pred.ply'), coords, pred_colors, pred)
+                write_ply(os.path.join(cfg.save_folder, f'{name}_gt.ply'), coords, gt_colors, gt)
+            if cfg.save_png:
+                shown = np.union1d(np.unique(pred), np.unique(gt[gt != IGNORE_LABEL]))
+                names = list(info.labels) + ['unlabeled']
+                legend = [(names[c], palette[c]) for c in shown if c <= info.num_classes]
+                topdown_png(os.path.join(cfg.save_folder, f'{name}_topdown.png'), coords, pred_colors, gt_colors,
+                            title=f'{name}  ({cfg.feature_type})', legend=legend)
+    return on_scene
+
+
+def main(argv=None):
+    cfg = load_config(argv, description='Evaluate an ESG 3D network')
+    dist_info, device = du.init_distributed(cfg.device)
+    os.makedirs(cfg.save_folder, exist_ok=True)
+    logger = get_logger('esg-eval', log_file=os.path.join(cfg.save_folder, 'evaluate.log'), rank=dist_info.rank)
+    logger.info(f'config {cfg.config_file}\n{cfg}')
+    set_seed(cfg.manual_seed)
+    timer = Timer()
+    info = dataset_info(cfg.labelset)
+    text_embeddings = text_embeddings_from_config(cfg, info, 'cpu')
+
+    model = None
+    if cfg.feature_type != 'fusion':  # 'fusion' scores the 2D features, no network (as OpenScene)
+        model, state = build_model(cfg, device)
+        logger.info(f"loaded '{cfg.model_path}' ({state['epoch']} epochs trained, best val mIoU "
+                    f"{state['best_metric']:.4f})")
+
+    val_set = eval_dataset(cfg, cfg.split)
+    conf, conf_first = predict_split(model, val_set, text_embeddings, device=device,
+                         test_repeats=cfg.test_repeats, seed=cfg.manual_seed, feature_type=cfg.feature_type,
+                         fused_feature_root=cfg.data_root_2d_fused_feature,
+                         mark_no_feature_to_unknown=cfg.mark_no_feature_to_unknown, amp=cfg.amp,
+                         rank=dist_info.rank, world_size=dist_info.world_size, workers=cfg.test_workers,
+                         on_scene=scene_writer(cfg, val_set, info))
+    reduce_device = device if device.type == 'cuda' else 'cpu'
+    conf = du.all_reduce_array(conf, device=reduce_device)
+    conf_first = du.all_reduce_array(conf_first, device=reduce_device)
+    result = evaluate_confusion(conf, info.labels)
+    first = evaluate_confusion(conf_first, info.labels)  # one voxelisation, upstream's single-run number
+    # points no view saw count as misses in IoU too: the number to compare 2D labels with a 3D network
+    strict = evaluate_confusion(conf, info.labels, no_feature_in_iou=True)
+    coverage = 1.0 - conf[info.num_classes].sum() / max(conf.sum(), 1)
+
+    summary = {'feature_type': cfg.feature_type, 'split': cfg.split, 'test_repeats': cfg.test_repeats,
+               'model_path': cfg.model_path, 'num_scenes': len(val_set.data_paths), 'num_points': result['num_points'],
+               'miou': result['miou'], 'macc': result['macc'], 'miou_present': result['miou_present'],
+               'miou_all_points': strict['miou'], 'miou_first_repeat': first['miou'], 'coverage': float(coverage),
+               'iou': {n: (None if np.isnan(v) else float(v)) for n, v in zip(info.labels, result['iou'])},
+               'wall_time_s': timer.elapsed()}
+    if du.is_main_process():
+        table = format_table(result)
+        logger.info(f"{cfg.split}: {len(val_set.data_paths)} scenes, {cfg.feature_type}, {cfg.test_repeats} repeat(s)\n"
+                    f"{table}\ncoverage {coverage:.3f}; mIoU of the first voxelisation alone {first['miou']:.4f}")
+        atomic_write_text(os.path.join(cfg.save_folder, 'metrics.txt'), table + '\n')
+        atomic_write_text(os.path.join(cfg.save_folder, 'eval_summary.json'), json.dumps(summary, indent=2))
+        iou_bar_chart(result, os.path.join(cfg.save_folder, 'iou_per_class.png'),
+                      title=f"{cfg.labelset} {cfg.split}: mIoU {result['miou']:.3f} ({cfg.feature_type})")
+        logger.info(f"predictions and pictures in '{cfg.save_folder}'")
+    du.cleanup()
+    return summary
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,222 @@
+"""ESG, Embeddings Soft-Guidance Stage (paper §3.4, SPEC §2.3): distil the ESS embeddings into a 3D network.
+
+    python train_esg.py --config config/scannet/openseg_train.yaml [key value ...]
+    torchrun --nproc_per_node=4 train_esg.py --config config/scannet/openseg_train.yaml   # DDP
+
+A sparse 3D U-Net (DisNet = MinkUNet18A, input: point colours on 2 cm voxels) regresses, for every voxel
+that has one, the ESS-adapted ("indoor-aware") embedding written by ``eval_openseg_pre_train.py``:
+    loss = mean over covered voxels of (1 - cos(f_3D(v), e_ESS(v)))        (or L1, ``loss_type: l1``)
+Voxels no view saw get no loss; the network fills them from geometry and colour. Validation scores
+argmax(f_3D(v) @ T^T) per point against GT through ``util.inference.predict_split``, the very code
+``evaluate.py`` runs. ``best.pth`` (by val mIoU) and ``last.pth`` go to ``save_path``;
+``resume <save_path>/last.pth`` continues exactly (the data order and the augmentations of an epoch
+depend only on (manual_seed, epoch, rank)).
+"""
+import json
+import math
+import os
+import time
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from dataset.label_constants import dataset_info
+from models.disnet import DisNet
+from util import distributed as du
+from util.checkpoint import load_checkpoint, save_best_and_last, unwrap_model
+from util.config import load_config
+from util.inference import eval_dataset, forward_voxels, predict_split
+from util.io import atomic_write_text
+from util.logger import get_logger
+from util.losses import distillation_loss
+from util.metric import evaluate_confusion, format_table
+from util.misc import AverageMeter, Timer, format_eta, set_seed
+from util.tensorboard import close_writer, create_writer, log_scalars
+from util.text_embeddings import text_embeddings_from_config
+
+
+# ----------------------------------------------------------------------------- schedule and loss
+def learning_rate(step, cfg, max_iter):
+    """lr of optimiser step ``step`` (0-based), as upstream run/esg.py.
+
+    Upstream builds Adam with base_lr, so step 0 runs at base_lr; after every step it sets every param
+    group to ``10 * poly(base_lr, step + 1)`` (its ``index_split = 0`` puts all groups in the x10 branch),
+    so from step 1 on the effective lr is 10x base_lr, decaying with power ``power`` to 0 at the last step.
+    ``lr_x10_after_first_step: False`` gives the plain poly schedule.
+    """
+    if step == 0:
+        return cfg.base_lr
+    poly = cfg.base_lr * (1.0 - step / max_iter) ** cfg.power
+    return poly * 10.0 if cfg.lr_x10_after_first_step else poly
+
+
+# ----------------------------------------------------------------------------- data
+def build_train_set(cfg, feat_dim):
+    """Voxelised train scenes with the ESS embedding of every covered voxel; the augmentation of an item
+    is a function of (manual_seed, epoch, index) (see dataset/point_loader.py)."""
+    from dataset.feature_loader import FusedFeatureLoader
+    return FusedFeatureLoader(datapath_prefix=cfg.data_root, datapath_prefix_feat=cfg.data_root_2d_fused_feature,
+                              voxel_size=cfg.voxel_size, split=cfg.train_split, aug=cfg.aug, loop=cfg.loop,
+                              input_color=cfg.input_color, feat_dim=feat_dim, seed=cfg.manual_seed)
+
+
+def epoch_seed(cfg, epoch, rank):
+    """Seed of the global RNGs for one epoch (the random shift of the batch; the loader's augmentation and
+    the sampler's order are functions of (manual_seed, epoch) on their own), so resume is exact."""
+    return cfg.manual_seed + 1000 * epoch + rank
+
+
+# ----------------------------------------------------------------------------- one epoch / validation
+def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer):
+    model.train()
+    loss_meter, step_time = AverageMeter(), AverageMeter()
+    steps = len(loader)
+    lr = learning_rate(epoch * steps, cfg, max_iter)  # returned as is if the loader is empty
+    end = time.perf_counter()
+    for i, (coords, feats, _labels, feat_3d, mask) in enumerate(loader):
+        step = epoch * steps + i
+        lr = learning_rate(step, cfg, max_iter)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        # as upstream: a random integer shift of the whole batch, so stride-2 pooling sees another grid
+        coords[:, 1:4] += (torch.rand(3) * 100).type_as(coords)
+        output = forward_voxels(model, coords, feats, device, cfg.amp)
+        mask = mask.to(device)
+        if int(mask.sum()) != feat_3d.shape[0]:
+            raise RuntimeError(f'the loader returned {feat_3d.shape[0]} ESS embeddings for {int(mask.sum())} '
+                               f'covered voxels; dataset/feature_loader.py is inconsistent')
+        loss = distillation_loss(output[mask], feat_3d.to(device), cfg.loss_type)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f'ESG loss is {loss.item()} at epoch {epoch + 1} step {i + 1}; lower base_lr '
+                                     f'or turn amp off')
+        loss_meter.update(loss.item(), coords.shape[0])
+        step_time.update(time.perf_counter() - end)
+        end = time.perf_counter()
+        log_scalars(writer, {'train/loss_step': loss.item(), 'train/lr': lr}, step + 1)
+        if (i + 1) % cfg.print_freq == 0 or i + 1 == steps:
+            eta = format_eta((max_iter - step - 1) * step_time.avg)
+            logger.info(f'epoch [{epoch + 1}/{cfg.epochs}][{i + 1}/{steps}]  loss {loss_meter.val:.4f} '
+                        f'({loss_meter.avg:.4f})  lr {lr:.2e}  {step_time.avg:.2f} s/step  ETA {eta}')
+    return loss_meter.avg, lr
+
+
+def validate(model, val_set, text_embeddings, cfg, device, dist_info):
+    """Val mIoU through the shared prediction path; scenes are split over ranks, counts all-reduced."""
+    # the bare network: validation must not go through DDP's forward (it syncs buffers across ranks, which
+    # would hang when the ranks hold different numbers of val scenes)
+    net = unwrap_model(model)
+    du.broadcast_buffers(net)  # every rank scores with the BN statistics the checkpoint holds
+    conf, _ = predict_split(net, val_set, text_embeddings, device=device,
+                         test_repeats=cfg.val_repeats, seed=cfg.manual_seed, amp=cfg.amp,
+                         rank=dist_info.rank, world_size=dist_info.world_size, workers=cfg.workers)
+    conf = du.all_reduce_array(conf, device=device if device.type == 'cuda' else 'cpu')
+    return evaluate_confusion(conf, dataset_info(cfg.labelset).labels)
+
+
+# ----------------------------------------------------------------------------- main
+def train(cfg, dist_info, device, logger):
+    """The whole stage on one process of ``dist_info`` -> (model, summary dict)."""
+    set_seed(cfg.manual_seed)
+    info = dataset_info(cfg.labelset)
+    text_embeddings = text_embeddings_from_config(cfg, info, 'cpu')
+
+    # ---- data: each rank takes batch_size / world_size scenes per step (upstream divides it the same way)
+    if cfg.batch_size % dist_info.world_size:
+        raise ValueError(f'batch_size {cfg.batch_size} must be a multiple of the {dist_info.world_size} processes')
+    from dataset.feature_loader import collation_fn
+    train_set = build_train_set(cfg, text_embeddings.shape[1])
+    sampler = DistributedSampler(train_set, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True,
+                                 seed=cfg.manual_seed)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size // dist_info.world_size, sampler=sampler,
+                              num_workers=cfg.workers, collate_fn=collation_fn, drop_last=True)
+    if len(train_loader) == 0:
+        raise ValueError(f'batch_size {cfg.batch_size} is larger than the {len(train_set)} training samples '
+                         f"(scenes x loop) of '{cfg.data_root}/{cfg.train_split}': no full batch; lower batch_size")
+    val_set = eval_dataset(cfg, cfg.val_split) if cfg.evaluate else None
+    logger.info(f'{len(train_set)} train samples (loop {cfg.loop}), {len(train_loader)} steps / epoch per process'
+                + (f', {len(val_set.data_paths)} val scenes' if val_set is not None else ''))
+
+    # ---- model and optimiser (Adam, poly schedule set by hand every step as upstream)
+    model = DisNet(cfg).to(device)
+    if dist_info.distributed:
+        model = du.wrap_ddp(model, device, sync_bn=cfg.sync_bn)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.base_lr)
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == 'fp16' else None
+    max_iter = cfg.epochs * len(train_loader)
+    start_epoch, best_miou, history, losses = 0, -math.inf, [], []
+    if cfg.resume:
+        state = load_checkpoint(cfg.resume, model, optimizer, map_location=device)
+        start_epoch, best_miou = state['epoch'], state['best_metric']
+        history = [tuple(h) for h in state['extra'].get('val_miou', [])]
+        losses = list(state['extra'].get('train_loss', []))
+        if scaler is not None and state['extra'].get('grad_scaler'):
+            scaler.load_state_dict(state['extra']['grad_scaler'])  # fp16: the loss scale goes on where it was
+        logger.info(f"resumed from '{cfg.resume}': {start_epoch} epochs done, best val mIoU {best_miou:.4f}")
+    writer = create_writer(cfg.save_path, dist_info.rank, enabled=cfg.tensorboard)
+
+    # ---- loop
+    timer = Timer()
+    last_result = None
+    for epoch in range(start_epoch, cfg.epochs):
+        set_seed(epoch_seed(cfg, epoch, dist_info.rank))
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        loss, lr = train_one_epoch(model, train_loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer)
+        loss = du.all_reduce_mean(loss, device=device if device.type == 'cuda' else 'cpu')
+        losses.append(loss)
+        # without validation (evaluate False) best.pth follows last.pth, so evaluation configs still find it
+        scalars, message, is_best = {'train/loss': loss}, '', val_set is None
+        if val_set is not None and ((epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.epochs):
+            last_result = validate(model, val_set, text_embeddings, cfg, device, dist_info)
+            miou = last_result['miou']
+            history.append((epoch + 1, miou))
+            is_best = miou > best_miou
+            best_miou = max(best_miou, miou)
+            scalars.update({'val/miou': miou, 'val/macc': last_result['macc']})
+            message = f"  val mIoU {miou:.4f}  mAcc {last_result['macc']:.4f}  best {best_miou:.4f}{'  *' if is_best else ''}"
+        if du.is_main_process():
+            save_best_and_last(cfg.save_path, is_best, model=model, optimizer=optimizer, epoch=epoch + 1,
+                               best_metric=best_miou, extra={'val_miou': history, 'train_loss': losses,
+                                                             'config_file': cfg.config_file,
+                                                             'grad_scaler': scaler.state_dict() if scaler else None})
+        du.barrier()  # no rank starts the next epoch (or reads last.pth) before it is written
+        log_scalars(writer, scalars, epoch + 1)
+        logger.info(f'epoch {epoch + 1}/{cfg.epochs} done  loss {loss:.4f}{message}  [{timer.elapsed():.1f} s]')
+    if last_result is not None:
+        logger.info('last validation:\n' + format_table(last_result))
+    close_writer(writer)
+    summary = {'best_val_miou': best_miou if history else None, 'val_miou': history, 'train_loss': losses,
+               'epochs': cfg.epochs, 'world_size': dist_info.world_size, 'wall_time_s': timer.elapsed()}
+    if du.is_main_process():
+        atomic_write_text(os.path.join(cfg.save_path, 'esg_summary.json'), json.dumps(summary, indent=2))
+        if history:
+            best_epoch, best = max(history, key=lambda h: h[1])
+            logger.info(f"done: best val mIoU {best:.4f} at epoch {best_epoch}; checkpoints in '{cfg.save_path}'")
+    return model, summary
+
+
+def main(argv=None):
+    cfg = load_config(argv, description='ESG: distil the ESS embeddings into a 3D sparse U-Net')
+    dist_info, device = du.init_distributed(cfg.device)
+    os.makedirs(cfg.save_path, exist_ok=True)
+    logger = get_logger('esg-train', log_file=os.path.join(cfg.save_path, 'train_esg.log'), rank=dist_info.rank)
+    logger.info(f'config {cfg.config_file}\n{cfg}')
+    logger.info(f'device {device}, {dist_info.world_size} process(es)')
+    try:
+        _, summary = train(cfg, dist_info, device, logger)
+    finally:
+        du.cleanup()
+    return summary
+
+
+if __name__ == '__main__':
+    main()

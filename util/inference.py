@@ -1,0 +1,203 @@
+"""The one prediction path of the 3D network, shared by validation in ``train_esg.py`` and ``evaluate.py``.
+
+For every scene and every repeat (SPEC §2.4):
+    voxel features  out = DisNet(SparseTensor(colours, voxel coords))          [V, D]
+    voxel logits    out @ T^T   (T: L2-normalised CLIP text embeddings)          [V, C]
+    point logits    voxel_logits[inverse]  (the voxeliser's point -> voxel map)  [N, C]
+summed over ``test_repeats`` random voxelisations (the voxeliser keeps its rotation / scale
+augmentation at test, as upstream, so each repeat sees another grid), then argmax per point.
+Upstream computes ``out[inverse] @ T^T``; taking the dot product per voxel first and then indexing
+gives the same numbers with V instead of N rows of 768-d features.
+
+OpenScene's users report that validation inside training and its evaluate script disagree on the same
+checkpoint; here both call ``predict_split`` with the same seed, so they cannot.
+
+Optional 2D-3D ensemble (OpenScene ``feature_type: ensemble``): per point, the fused 2D feature
+replaces the 3D one when its best cosine similarity to a text embedding is higher. ``fusion`` scores the
+2D features alone (no network), with ``mark_no_feature_to_unknown`` sending points no view saw to
+'unlabeled', as OpenScene does for that feature type only.
+"""
+import contextlib
+import functools
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from dataset.formats import fused_feature_files, load_fused_features, scene_name
+from util import metric
+
+FEATURE_TYPES = ('distill', 'fusion', 'ensemble')
+
+
+@contextlib.contextmanager
+def fixed_rng(seed):
+    """Seed python / numpy / torch for the block and restore the previous states afterwards, so a
+    validation pass inside training neither depends on nor disturbs the training random stream."""
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+        if state[3] is not None:
+            torch.cuda.set_rng_state_all(state[3])
+
+
+def autocast_context(device, amp):
+    """``amp``: 'off' (float32; also False / '' / None), 'bf16' or 'fp16' -> an autocast context for ``device``."""
+    if amp in (None, False, '', 'off', 'False', 'false', 'none'):
+        return contextlib.nullcontext()
+    dtypes = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+    if amp not in dtypes:
+        raise ValueError(f"config key amp must be 'off', 'bf16' or 'fp16', found {amp!r}")
+    if device.type == 'cpu' and amp == 'fp16':
+        raise ValueError("amp 'fp16' is not supported on CPU; use amp bf16 or off")
+    return torch.autocast(device_type=device.type, dtype=dtypes[amp])
+
+
+def sparse_input(model, coords, feats, device):
+    """The network input: a sparse tensor of colours at integer voxel coordinates (batch, x, y, z), built
+    by the sparse engine the network was built on (``sparse_backend``: ours or MinkowskiEngine)."""
+    net = getattr(model, 'module', model)  # DDP wraps the DisNet
+    return net.net3d.ME.SparseTensor(feats.float().to(device), coords.int().to(device))
+
+
+def forward_voxels(model, coords, feats, device, amp=False):
+    """Per-voxel output features [V, D] in float32 (rows in the order of ``coords``)."""
+    with autocast_context(device, amp):
+        out = model(sparse_input(model, coords, feats, device))
+    if hasattr(out, 'F'):  # a SparseTensor: its features, rows in input order
+        out = out.F
+    return out.float()
+
+
+def point_logits(voxel_features, inverse, text_embeddings, fused=None, fused_mask=None):
+    """Per-point logits [N, C] from per-voxel features; the optional ensemble with 2D features.
+
+    voxel_features [V, D], inverse [N] (point -> voxel row), text_embeddings [C, D] (unit rows);
+    fused [N, D] and fused_mask [N] bool: the fused 2D features of the points (ensemble only).
+    """
+    t = text_embeddings.to(voxel_features.device, torch.float32)
+    inverse = inverse.to(voxel_features.device)
+    if fused is None:
+        return (voxel_features @ t.t())[inverse]
+    # as OpenScene's ensemble: compare the best cosine similarity of either feature per point,
+    # then score the chosen (unnormalised) feature
+    feat3d = voxel_features[inverse]
+    fused = fused.to(feat3d.device, torch.float32)
+    sim3d = torch.nn.functional.normalize(feat3d, dim=1, eps=1e-5) @ t.t()
+    sim2d = torch.nn.functional.normalize(fused, dim=1, eps=1e-5) @ t.t()
+    use_2d = (sim2d.max(1)[0] > sim3d.max(1)[0]) & fused_mask.to(feat3d.device)
+    chosen = torch.where(use_2d[:, None], fused, feat3d)
+    return chosen @ t.t()
+
+
+def load_point_fused_features(feat_root, data_path, num_points, feat_dim):
+    """Fused 2D features of every point of a scene -> (feat float32 [N, D] (zeros where uncovered), mask [N])."""
+    path = fused_feature_files(feat_root, scene_name(data_path))[0]
+    feat, mask = load_fused_features(path, num_points=num_points, feat_dim=feat_dim)
+    full = torch.zeros(num_points, feat.shape[1], dtype=torch.float32)
+    full[mask] = feat.float()
+    return full, mask
+
+
+class _Repeated(Dataset):
+    """Scene ``indices[k // repeats]``, voxelised anew for every repeat (k % repeats).
+
+    The loaders draw an item's augmentation from (seed, epoch, index_long) with index_long taken modulo
+    the number of scenes (upstream's ``loop``), so repeat r of scene i reads item ``i + r * num_scenes``:
+    another random voxelisation, the same for every run with the same seed; repeat 0 is item i itself.
+    """
+
+    def __init__(self, dataset, indices, repeats):
+        self.dataset, self.indices, self.repeats = dataset, list(indices), repeats
+
+    def __len__(self):
+        return len(self.indices) * self.repeats
+
+    def __getitem__(self, k):
+        index, rep = self.indices[k // self.repeats], k % self.repeats
+        return index, self.dataset[index + rep * len(self.dataset.data_paths)]
+
+
+def _collate_one(batch, collate_eval):
+    (index, item), = batch
+    return index, collate_eval([item])
+
+
+def eval_dataset(cfg, split):
+    """Every point of every scene of ``split``, with the voxeliser's inverse map: upstream's Point3DLoader with
+    ``eval_all=True`` and ``aug=False`` (the voxeliser still rotates / scales at random, as upstream)."""
+    from dataset.point_loader import Point3DLoader
+    return Point3DLoader(datapath_prefix=cfg.data_root, voxel_size=cfg.voxel_size, split=split, aug=False,
+                         eval_all=True, input_color=cfg.input_color, seed=cfg.manual_seed)
+
+
+def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None, test_repeats=1, seed=0,
+                  feature_type='distill', fused_feature_root='', mark_no_feature_to_unknown=False,
+                  amp=False, rank=0, world_size=1, workers=0, on_scene=None):
+    """Predict every scene of ``dataset`` (``Point3DLoader(eval_all=True)``-like items
+    ``(coords [V,4], feats [V,3], labels [N], inverse [N])``); returns the confusion matrices summed over
+    scenes of (the prediction from all ``test_repeats`` voxelisations summed, the first voxelisation alone):
+    upstream reports both (its ScanNet log: 48.4 for one voxelisation, 49.7 for 5 summed).
+
+    Scenes are split over processes (scene i goes to rank i % world_size); the caller all-reduces the
+    confusion matrix. For every scene ``on_scene(index, pred [N] int64, logits [N, C] float32, gt [N])``
+    is called once its repeats are summed (e.g. to save predictions). ``seed`` fixes the random
+    voxelisations, so two calls with one checkpoint give the same predictions.
+    """
+    if collate_eval is None:
+        from dataset.point_loader import collation_fn_eval_all as collate_eval
+    if feature_type not in FEATURE_TYPES:
+        raise ValueError(f"feature_type must be one of {FEATURE_TYPES}, found '{feature_type}'")
+    if feature_type != 'distill' and not fused_feature_root:
+        raise ValueError(f"feature_type '{feature_type}' needs the fused 2D features: set data_root_2d_fused_feature")
+    if test_repeats < 1:
+        raise ValueError(f'test_repeats must be >= 1, found {test_repeats}')
+    num_classes = text_embeddings.shape[0]
+    conf = np.zeros((num_classes + 1, num_classes + 1), np.int64)
+    conf_first = np.zeros_like(conf)
+    indices = range(rank, len(dataset.data_paths), world_size)
+    repeats = 1 if feature_type == 'fusion' else test_repeats  # the 2D features have no randomness
+    if model is not None:
+        model.eval()
+    with fixed_rng(seed), torch.no_grad():
+        loader = DataLoader(_Repeated(dataset, indices, repeats), batch_size=1, shuffle=False,
+                            num_workers=workers, collate_fn=functools.partial(_collate_one, collate_eval=collate_eval))
+        current, summed, gt, fused, fused_mask = None, None, None, None, None
+        for k, (index, (coords, feats, labels, inverse)) in enumerate(loader):
+            if index != current:
+                current, summed, gt = index, None, labels.numpy()
+                if feature_type != 'distill':
+                    fused, fused_mask = load_point_fused_features(
+                        fused_feature_root, dataset.data_paths[index], labels.shape[0], text_embeddings.shape[1])
+            if feature_type == 'fusion':
+                logits = fused @ text_embeddings.float().t()
+            else:
+                voxel_features = forward_voxels(model, coords, feats, device, amp)
+                logits = point_logits(voxel_features, inverse, text_embeddings, fused, fused_mask).cpu()
+            summed = logits if summed is None else summed + logits
+            if k % repeats == 0:  # first repeat of this scene
+                first = summed.argmax(1)
+                if feature_type == 'fusion' and mark_no_feature_to_unknown:
+                    first[~fused_mask] = num_classes  # 'unlabeled', as OpenScene
+            if k % repeats == repeats - 1:  # last repeat of this scene
+                pred = summed.argmax(1) if repeats > 1 else first
+                if feature_type == 'fusion' and mark_no_feature_to_unknown:
+                    pred[~fused_mask] = num_classes  # 'unlabeled', as OpenScene
+                pred = pred.numpy().astype(np.int64)
+                if pred.shape[0] != gt.shape[0]:
+                    raise RuntimeError(f"scene '{dataset.data_paths[index]}': {pred.shape[0]} predictions for "
+                                       f"{gt.shape[0]} points; the voxeliser's inverse map is wrong")
+                conf += metric.confusion_matrix(pred, gt, num_classes)
+                conf_first += metric.confusion_matrix(first.numpy(), gt, num_classes)
+                if on_scene is not None:
+                    on_scene(index, pred, summed, gt)
+    return conf, conf_first
