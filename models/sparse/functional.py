@@ -9,7 +9,7 @@ CUDA). ``set_implementation`` or the ``SPARSE_CONV_IMPL`` environment variable p
 the layers; ``register_implementation`` adds another.
 
 Memory: the backward pass re-gathers ``F[in_idx]`` and ``dOut[out_idx]`` per offset instead of
-saving one gathered copy per offset in the forward (that would cost sum_k |M_k| x C floats, ~27x the
+saving one gathered copy per offset in the forward, and the features are kept in the compute dtype (that would cost sum_k |M_k| x C floats, ~27x the
 features for a 3x3x3 conv). Under autocast the matmuls run in the autocast dtype; sums over offsets
 accumulate in float32 and the result is returned in the autocast dtype, as a dense conv would.
 """
@@ -88,22 +88,24 @@ def _make_function(device_type):
             # Autocast is off inside: the dtypes are chosen explicitly above.
             with torch.autocast(device_type=device_type, enabled=False):
                 out = _forward(f, w, kernel_map, int(num_out)).to(dtype)
-            ctx.save_for_backward(features, kernel)
+            # keep the features in the compute dtype (under autocast: half the bytes of the float32 input),
+            # which is what the backward multiplies with anyway
+            ctx.save_for_backward(f, kernel)
             ctx.kernel_map = kernel_map
-            ctx.dtype = dtype
+            ctx.dtype, ctx.features_dtype = dtype, features.dtype
             return out
 
         @staticmethod
         @torch.amp.custom_bwd(device_type=device_type)
         def backward(ctx, grad_out):
-            features, kernel = ctx.saved_tensors
+            f, kernel = ctx.saved_tensors
             need_f, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
             dtype = ctx.dtype
             with torch.autocast(device_type=device_type, enabled=False):
-                gf, gk = _backward(grad_out.contiguous().to(dtype), features.to(dtype),
-                                   _as_3d(kernel).to(dtype), ctx.kernel_map, need_f, need_k)
+                gf, gk = _backward(grad_out.contiguous().to(dtype), f, _as_3d(kernel).to(dtype), ctx.kernel_map,
+                                   need_f, need_k)
             if gf is not None:
-                gf = gf.to(features.dtype)
+                gf = gf.to(ctx.features_dtype)
             if gk is not None:
                 gk = gk.reshape(kernel.shape).to(kernel.dtype)
             return gf, gk, None, None

@@ -159,22 +159,21 @@ def _make_function(device_type):
             w3 = functional._as_3d(kernel).to(dtype).contiguous()
             nb, _ = neighbour_tables(kernel_map)
             out = implicit_gemm(x, w3, nb, int(num_out))
-            ctx.save_for_backward(features, kernel)
-            ctx.kernel_map, ctx.dtype = kernel_map, dtype
+            ctx.save_for_backward(x, kernel)  # the features in the compute dtype, as the backward uses them
+            ctx.kernel_map, ctx.dtype, ctx.features_dtype = kernel_map, dtype, features.dtype
             return out
 
         @staticmethod
         @torch.amp.custom_bwd(device_type=device_type)
         def backward(ctx, grad_out):
-            features, kernel = ctx.saved_tensors
+            x, kernel = ctx.saved_tensors
             km, dtype = ctx.kernel_map, ctx.dtype
             g = grad_out.to(dtype).contiguous()
-            x = features.to(dtype).contiguous()
             w3 = functional._as_3d(kernel).to(dtype).contiguous()
             grad_f = grad_k = None
             if ctx.needs_input_grad[0]:
                 _, nbt = neighbour_tables(km)
-                grad_f = implicit_gemm(g, w3, nbt, km.num_in, transpose_w=True).to(features.dtype)
+                grad_f = implicit_gemm(g, w3, nbt, km.num_in, transpose_w=True).to(ctx.features_dtype)
             if ctx.needs_input_grad[1]:
                 grad_k = weight_grad(x, g, km).reshape(kernel.shape).to(kernel.dtype)
             return grad_f, grad_k, None, None
