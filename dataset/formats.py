@@ -107,6 +107,20 @@ def _as_numpy(x, path, what):
 
 
 # ----------------------------------------------------------------------------- fused features
+# Embedding width of each 2D feature extractor: OpenSeg 768 (CLIP ViT-L/14@336px's text space), LSeg and
+# CLIP ViT-B 512. Upstream matches by substring ('lseg' in args.feature_2d_extractor), so 'lseg_xyz' works.
+FEATURE_DIMS = {'openseg': 768, 'lseg': 512, 'clip': 512}
+
+
+def feature_dim(feature_2d_extractor):
+    """Feature / text-embedding dimension of a ``feature_2d_extractor`` config value."""
+    for name, dim in FEATURE_DIMS.items():
+        if name in str(feature_2d_extractor).lower():
+            return dim
+    raise ValueError(f"unknown feature_2d_extractor '{feature_2d_extractor}': expected a name containing one of "
+                     f"{sorted(FEATURE_DIMS)}")
+
+
 def fused_feature_files(feat_root, scene):
     """Fused-feature files of one scene: ``<scene>.pt`` and/or ``<scene>_<k>.pt`` (k ascending)."""
     paths = []

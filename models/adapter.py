@@ -16,6 +16,8 @@ the state_dict (upstream keeps them outside the module state too), so an upstrea
 import torch
 import torch.nn as nn
 
+from dataset.formats import feature_dim
+
 
 class EmbeddingAdapter(nn.Module):
     """Adapter + frozen text classifier. ``adapt(x)`` -> adapted embeddings; ``forward(x)`` -> logits."""
@@ -60,18 +62,10 @@ class EmbeddingAdapter(nn.Module):
         return self.classify(self.adapt(x))
 
 
-# feature dimension of each 2D feature extractor (SPEC §3): OpenSeg 768, LSeg / CLIP ViT-B 512
-FEATURE_DIMS = {'openseg': 768, 'lseg': 512, 'clip': 512}
-
-
 def build_adapter(cfg, text_embeddings):
     """The adapter of a config: ``feature_2d_extractor``, ``adapter_reduction``, ``adapter_alpha``.
 
     The feature dimension is that of the extractor; the text embeddings must have it too.
     """
-    extractor = str(cfg.feature_2d_extractor).lower()
-    if extractor not in FEATURE_DIMS:
-        raise ValueError(f"unknown feature_2d_extractor '{cfg.feature_2d_extractor}': expected one of "
-                         f"{sorted(FEATURE_DIMS)}")
-    return EmbeddingAdapter(text_embeddings, feat_dim=FEATURE_DIMS[extractor],
+    return EmbeddingAdapter(text_embeddings, feat_dim=feature_dim(cfg.feature_2d_extractor),
                             reduction=int(cfg.adapter_reduction), alpha=float(cfg.adapter_alpha))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import models.sparse as ME
-from models.disnet import DisNet, state_dict_remove_module
+from models.disnet import DisNet
 from models.mink_unet import mink_unet
 
 
@@ -75,7 +75,8 @@ def test_state_dict_matches_upstream_layout_and_loads_strict():
     assert ours == expected
     # An upstream-style checkpoint (DataParallel 'module.' prefix) loads strictly.
     ckpt = {'module.' + k: (torch.randn(s) if s else torch.tensor(5)) for k, s in expected.items()}
-    model.load_state_dict(state_dict_remove_module(ckpt), strict=True)
+    from util.checkpoint import _strip_module_prefix  # what load_checkpoint applies
+    model.load_state_dict(_strip_module_prefix(ckpt), strict=True)
     assert torch.equal(model.net3d.final.kernel, ckpt['module.net3d.final.kernel'])
     assert DisNet(SimpleNamespace(arch_3d='MinkUNet14A', feature_2d_extractor='lseg')).net3d.final.kernel.shape \
         == (96, 512)

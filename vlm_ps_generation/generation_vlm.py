@@ -42,9 +42,6 @@ from util.misc import get_device
 from util.text_embeddings import text_embeddings_from_config
 from vlm_ps_generation.pseudo_labels import pseudo_labels_from_features, scene_label_mask
 
-FEAT_DIMS = {'openseg': 768, 'lseg': 512, 'clip': 512}
-
-
 def load_scene_label_file(path, class_names, text_labels=()):
     """JSON {scene: [class names]} -> {scene: bool [C] mask}. Names may be label or text-label names."""
     if not os.path.isfile(path):
@@ -125,7 +122,7 @@ def run(cfg):
     if not save_folder:
         raise ValueError('save_folder is empty: give the folder for the pseudo labels (save_folder <dir>)')
     os.makedirs(save_folder, exist_ok=True)
-    feat_dim = cfg.feat_dim or FEAT_DIMS.get(cfg.feature_2d_extractor)
+    feat_dim = cfg.feat_dim or formats.feature_dim(cfg.feature_2d_extractor)
     text = text_embeddings_from_config(cfg, info, device=device)
     if feat_dim is not None and text.shape[1] != feat_dim:
         raise ValueError(f"text embeddings have dimension {text.shape[1]} but feature_2d_extractor "
