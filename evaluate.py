@@ -18,7 +18,6 @@ import json
 import os
 
 import numpy as np
-import torch
 
 from dataset.formats import load_scene_3d, scene_name
 from dataset.label_constants import IGNORE_LABEL, dataset_info

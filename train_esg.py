@@ -176,13 +176,19 @@ def train(cfg, dist_info, device, logger):
         # without validation (evaluate False) best.pth follows last.pth, so evaluation configs still find it
         scalars, message, is_best = {'train/loss': loss}, '', val_set is None
         if val_set is not None and ((epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.epochs):
-            last_result = validate(model, val_set, text_embeddings, cfg, device, dist_info)
-            miou = last_result['miou']
-            history.append((epoch + 1, miou))
-            is_best = miou > best_miou
-            best_miou = max(best_miou, miou)
-            scalars.update({'val/miou': miou, 'val/macc': last_result['macc']})
-            message = f"  val mIoU {miou:.4f}  mAcc {last_result['macc']:.4f}  best {best_miou:.4f}{'  *' if is_best else ''}"
+            result = validate(model, val_set, text_embeddings, cfg, device, dist_info)
+            if result['num_points'] == 0:  # scans without GT: an mIoU of 0 would freeze best.pth at epoch 1
+                logger.warning(f"val split '{cfg.val_split}' has no labelled point: validation is switched off and "
+                               f"best.pth follows last.pth (evaluate False skips it from the start)")
+                val_set, is_best = None, True
+            else:
+                last_result, miou = result, result['miou']
+                history.append((epoch + 1, miou))
+                is_best = miou > best_miou
+                best_miou = max(best_miou, miou)
+                scalars.update({'val/miou': miou, 'val/macc': result['macc']})
+                message = (f"  val mIoU {miou:.4f}  mAcc {result['macc']:.4f}  best {best_miou:.4f}"
+                           f"{'  *' if is_best else ''}")
         if du.is_main_process():
             save_best_and_last(cfg.save_path, is_best, model=model, optimizer=optimizer, epoch=epoch + 1,
                                best_metric=best_miou, extra={'val_miou': history, 'train_loss': losses,
@@ -195,7 +201,8 @@ def train(cfg, dist_info, device, logger):
         logger.info('last validation:\n' + format_table(last_result))
     close_writer(writer)
     summary = {'best_val_miou': best_miou if history else None, 'val_miou': history, 'train_loss': losses,
-               'epochs': cfg.epochs, 'world_size': dist_info.world_size, 'wall_time_s': timer.elapsed()}
+               'epochs': cfg.epochs, 'steps': max_iter, 'arch_3d': cfg.arch_3d, 'batch_size': cfg.batch_size,
+               'world_size': dist_info.world_size, 'wall_time_s': timer.elapsed()}
     if du.is_main_process():
         atomic_write_text(os.path.join(cfg.save_path, 'esg_summary.json'), json.dumps(summary, indent=2))
         if history:

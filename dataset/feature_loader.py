@@ -16,7 +16,6 @@ Other splits: features are scattered onto all N points (zeros where uncovered), 
 voxelised, ``feat_3d`` is the kept point's row for every voxel [V, D] and ``mask`` the kept point's
 coverage [V].
 """
-import numpy as np
 import torch
 
 from dataset.formats import fused_feature_files, load_fused_features, scene_name

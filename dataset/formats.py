@@ -204,7 +204,7 @@ def save_pseudo_labels(folder, scene, labels, probs):
 
 def load_pseudo_labels(folder, scene, num_points: Optional[int] = None, with_probs=False):
     label_path, prob_path = pseudo_label_paths(folder, scene)
-    labels = _load_npy(label_path, 'pseudo labels', f"run pseudo-label generation (PLG) first, or check pseudo_label_path")
+    labels = _load_npy(label_path, 'pseudo labels', "run pseudo-label generation (PLG) first, or check pseudo_label_path")
     if labels.ndim != 1 or (num_points is not None and labels.shape[0] != num_points):
         raise FormatError(f"pseudo labels '{label_path}': expected shape [{num_points if num_points is not None else 'N'}] "
                           f"(one label per point of the 3D scene), found {list(labels.shape)}")

@@ -11,7 +11,6 @@ label-aware ``quantize_label`` path is never reached because upstream passes no 
 quantiser). This module reproduces exactly that rule.
 """
 import numpy as np
-from scipy.linalg import expm
 
 from dataset.label_constants import IGNORE_LABEL
 

@@ -156,3 +156,20 @@ def test_resume_continues_exactly(tiny, monkeypatch):
     for key, value in a['state_dict'].items():
         assert torch.equal(value, b['state_dict'][key]), key
     assert summary['val_miou'] == [tuple(h) for h in a['extra']['val_miou']]
+
+
+def test_val_split_without_labels_switches_validation_off(tmp_path):
+    """Scans without GT in the val split: mIoU would be 0 forever; instead best.pth follows last.pth."""
+    import train_esg
+    from dataset.formats import list_scenes, load_scene_3d
+    from util.io import safe_torch_load
+    root = str(tmp_path)
+    data = make_tiny_dataset(root, n_train=2, n_val=1)
+    for path in list_scenes(os.path.join(root, '3d'), 'val'):
+        scene = load_scene_3d(path)
+        save_scene_3d(path, scene.coords, scene.colors, np.full(scene.coords.shape[0], 255))
+    summary = train_esg.main(train_argv(root, data, epochs=2, eval_freq=1))
+    assert summary['val_miou'] == [] and summary['best_val_miou'] is None
+    best = safe_torch_load(os.path.join(root, 'esg', 'best.pth'), 'checkpoint')
+    last = safe_torch_load(os.path.join(root, 'esg', 'last.pth'), 'checkpoint')
+    assert best['epoch'] == last['epoch'] == 2

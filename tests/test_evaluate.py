@@ -9,7 +9,7 @@ import torch
 
 from dataset.formats import list_scenes, load_scene_3d, scene_name
 from tests.test_esg import EVAL_CONFIG, NUM_CLASSES, make_tiny_dataset, train_argv
-from util.metric import confusion_matrix, evaluate as metric_evaluate
+from util.metric import evaluate as metric_evaluate
 
 
 def eval_argv(root, data, out, **overrides):

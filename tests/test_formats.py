@@ -1,7 +1,5 @@
 """OpenScene file formats (SPEC §3) and the safe loader: exact round trips and clear errors."""
-import io
 import os
-import pickle
 import zipfile
 
 import numpy as np

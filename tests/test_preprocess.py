@@ -49,7 +49,7 @@ def _write_tsv(path, nyu_names=NYU40):
     rows = [TSV_HEADER]
     for i, name in enumerate(nyu_names, start=1):  # raw category = the NYU40 name, as many real rows are
         rows.append(f'{i}\t{name}\t{name}\t10\t{i}\t1\t{name}\t{name}\t\t\t\t\t\t\t\t{name}\t1')
-    rows.append(f'999\tkitchen cabinets\tkitchen cabinet\t5\t3\t1\tcabinet\tcabinet\t\t\t\t\t\t\t\tcabinet\t7')
+    rows.append('999\tkitchen cabinets\tkitchen cabinet\t5\t3\t1\tcabinet\tcabinet\t\t\t\t\t\t\t\tcabinet\t7')
     with open(path, 'w') as f:
         f.write('\n'.join(rows) + '\n')
 
