@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH=.
 export HF_HUB_OFFLINE=1          # the demo never reaches a model hub: text embeddings come from a file
 PYTHON=${PYTHON:-python}
+# simulated: fused features from the SPEC formula on analytic visibility (seconds); rendered: RGB-D and 2D
+# feature frames ray-cast from the synthetic rooms and fused by dataset/fusion.py (about a minute more)
+DEMO_FEATURES=${DEMO_FEATURES:-simulated}
 
 rm -rf data/demo_3d data/demo_multiview data/demo_text_embeddings.npy exp/demo
 mkdir -p exp/demo
@@ -26,7 +29,7 @@ stage() {  # stage <name> <command ...>: run it, record its wall time
   printf '%s\t%s\n' "${name}" "$(( (end - start) / 1000000 ))" >> "${timings}"   # milliseconds
 }
 
-stage "synthetic data" ${PYTHON} -m dataset.synthetic --out data --name demo --dataset scannet
+stage "synthetic data" ${PYTHON} -m dataset.synthetic --out data --name demo --dataset scannet --features "${DEMO_FEATURES}"
 stage "PLG" sh vlm_ps_generation/generation_vlm.sh exp/demo/plg vlm_ps_generation/config/demo.yaml
 stage "ESS train" sh run/ess_train.sh exp/demo/ess config/demo/openseg_pre_train.yaml
 stage "ESS inference" sh run/ess_eval.sh exp/demo/ess config/demo/openseg_pre_eval.yaml

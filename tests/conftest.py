@@ -1,6 +1,13 @@
 import os
 import sys
 
+import torch
+
 # Tests never reach a model hub: an open_clip pretrained tag must fail at once, not after retries.
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
+# Without a GPU the Triton kernels run in Triton's interpreter (tests/test_triton_conv.py). Triton reads this
+# when it decorates a kernel, including its own library functions when triton is first imported, which
+# open_clip already does: so it is set here, before any test module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

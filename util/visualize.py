@@ -101,3 +101,24 @@ def topdown_png(path, coords, pred_colors, gt_colors, title='', legend=None):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format='png', dpi=80)
     plt.close(fig)
+
+
+def learning_curve_png(path, steps, values, references=(), title='', ylabel='val mIoU'):
+    """A validation curve (``values`` at ``steps``) with horizontal ``references``: [(label, value)], e.g. the
+    mIoU of the 2D pseudo labels the 3D network should beat."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(steps, values, marker='o', color='tab:blue', label='ESG 3D network')
+    for (label, value), color in zip(references, ('tab:red', 'tab:green', 'tab:purple', 'tab:gray')):
+        ax.axhline(value, color=color, linestyle='--', label=f'{label} {value:.3f}')
+    ax.set_xlabel('training step')
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc='lower right', fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png', dpi=100)
+    plt.close(fig)
