@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH=.
 export HF_HUB_OFFLINE=1          # the demo never reaches a model hub: text embeddings come from a file
 PYTHON=${PYTHON:-python}
-# simulated: fused features from the SPEC formula on analytic visibility (seconds); rendered: RGB-D and 2D
-# feature frames ray-cast from the synthetic rooms and fused by dataset/fusion.py (about a minute more)
-DEMO_FEATURES=${DEMO_FEATURES:-simulated}
+# rendered (default): RGB-D and 2D feature frames ray-cast from the synthetic rooms and fused by
+# dataset/fusion.py, the real fusion code path (about 40 s); simulated: the SPEC formula on analytic
+# visibility (about 12 s)
+DEMO_FEATURES=${DEMO_FEATURES:-rendered}
 
 rm -rf data/demo_3d data/demo_multiview data/demo_text_embeddings.npy exp/demo
 mkdir -p exp/demo
