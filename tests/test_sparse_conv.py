@@ -210,7 +210,7 @@ def test_cuda_matches_cpu():
     coords, feats = random_sparse(seed=9, dtype=torch.float32)
     conv = ME.Convolution(4, 8, kernel_size=3)
     ref = conv(ME.SparseTensor(feats, coords)).F
-    out = conv.to('cuda')(ME.SparseTensor(feats.cuda(), coords.cuda())).F
+    out = conv.to('cuda')(ME.SparseTensor(feats.to('cuda'), coords.to('cuda'))).F
     torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-4)
 
 

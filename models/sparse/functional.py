@@ -77,44 +77,47 @@ def _backward(grad_out, features, kernel3, kernel_map, need_features, need_kerne
     return grad_f, grad_k
 
 
-def _make_function(device_type):
-    class SparseConvFunction(torch.autograd.Function):
-        @staticmethod
-        @torch.amp.custom_fwd(device_type=device_type)
-        def forward(ctx, features, kernel, kernel_map, num_out):
-            dtype = _compute_dtype(device_type, features.dtype)
-            f = features.to(dtype)
-            w = _as_3d(kernel).to(dtype)
-            # Autocast is off inside: the dtypes are chosen explicitly above.
-            with torch.autocast(device_type=device_type, enabled=False):
-                out = _forward(f, w, kernel_map, int(num_out)).to(dtype)
-            # keep the features in the compute dtype (under autocast: half the bytes of the float32 input),
-            # which is what the backward multiplies with anyway
-            ctx.save_for_backward(f, kernel)
-            ctx.kernel_map = kernel_map
-            ctx.dtype, ctx.features_dtype = dtype, features.dtype
-            return out
+def make_autograd_functions(name, forward, backward):
+    """{'cpu': Function, 'cuda': Function} around a compute pair with the engine's dtype contract:
 
-        @staticmethod
-        @torch.amp.custom_bwd(device_type=device_type)
-        def backward(ctx, grad_out):
-            f, kernel = ctx.saved_tensors
-            need_f, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-            dtype = ctx.dtype
-            with torch.autocast(device_type=device_type, enabled=False):
-                gf, gk = _backward(grad_out.contiguous().to(dtype), f, _as_3d(kernel).to(dtype), ctx.kernel_map,
-                                   need_f, need_k)
-            if gf is not None:
-                gf = gf.to(ctx.features_dtype)
-            if gk is not None:
-                gk = gk.reshape(kernel.shape).to(kernel.dtype)
-            return gf, gk, None, None
+        forward(f, w3, kernel_map, num_out) -> out                       (in f's dtype)
+        backward(g, f, w3, kernel_map, need_f, need_k) -> (grad_f, grad_w3 or None)
 
-    SparseConvFunction.__name__ = f'SparseConvFunction_{device_type}'
-    return SparseConvFunction
+    f, w3 and g arrive in the compute dtype (the autocast dtype, else the input's) with autocast off inside;
+    the features are kept in that dtype for backward (under autocast: half the bytes of the float32 input),
+    and the gradients go back in the dtypes of the features and the kernel.
+    """
+    def make(device_type):
+        class Function(torch.autograd.Function):
+            @staticmethod
+            @torch.amp.custom_fwd(device_type=device_type)
+            def forward(ctx, features, kernel, kernel_map, num_out):
+                dtype = _compute_dtype(device_type, features.dtype)
+                f = features.to(dtype).contiguous()
+                with torch.autocast(device_type=device_type, enabled=False):
+                    out = forward(f, _as_3d(kernel).to(dtype).contiguous(), kernel_map, int(num_out)).to(dtype)
+                ctx.save_for_backward(f, kernel)
+                ctx.kernel_map, ctx.features_dtype = kernel_map, features.dtype
+                return out
+
+            @staticmethod
+            @torch.amp.custom_bwd(device_type=device_type)
+            def backward(ctx, grad_out):
+                f, kernel = ctx.saved_tensors
+                with torch.autocast(device_type=device_type, enabled=False):
+                    gf, gk = backward(grad_out.to(f.dtype).contiguous(), f, _as_3d(kernel).to(f.dtype).contiguous(),
+                                      ctx.kernel_map, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+                gf = gf.to(ctx.features_dtype) if gf is not None else None
+                gk = gk.reshape(kernel.shape).to(kernel.dtype) if gk is not None else None
+                return gf, gk, None, None
+
+        Function.__name__ = f'{name}_{device_type}'
+        return Function
+
+    return {'cpu': make('cpu'), 'cuda': make('cuda')}
 
 
-_FUNCTIONS = {'cpu': _make_function('cpu'), 'cuda': _make_function('cuda')}
+_FUNCTIONS = make_autograd_functions('SparseConvFunction', _forward, _backward)
 
 
 def _torch_sparse_conv(features, kernel, kernel_map, num_out):

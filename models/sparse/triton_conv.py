@@ -149,40 +149,22 @@ def weight_grad(x, grad_out, kernel_map, num_slices=8):
 
 
 # ----------------------------------------------------------------------------- autograd
-def _make_function(device_type):
-    class TritonSparseConvFunction(torch.autograd.Function):
-        @staticmethod
-        @torch.amp.custom_fwd(device_type=device_type)
-        def forward(ctx, features, kernel, kernel_map, num_out):
-            dtype = functional._compute_dtype(device_type, features.dtype)
-            x = features.to(dtype).contiguous()
-            w3 = functional._as_3d(kernel).to(dtype).contiguous()
-            nb, _ = neighbour_tables(kernel_map)
-            out = implicit_gemm(x, w3, nb, int(num_out))
-            ctx.save_for_backward(x, kernel)  # the features in the compute dtype, as the backward uses them
-            ctx.kernel_map, ctx.dtype, ctx.features_dtype = kernel_map, dtype, features.dtype
-            return out
-
-        @staticmethod
-        @torch.amp.custom_bwd(device_type=device_type)
-        def backward(ctx, grad_out):
-            x, kernel = ctx.saved_tensors
-            km, dtype = ctx.kernel_map, ctx.dtype
-            g = grad_out.to(dtype).contiguous()
-            w3 = functional._as_3d(kernel).to(dtype).contiguous()
-            grad_f = grad_k = None
-            if ctx.needs_input_grad[0]:
-                _, nbt = neighbour_tables(km)
-                grad_f = implicit_gemm(g, w3, nbt, km.num_in, transpose_w=True).to(ctx.features_dtype)
-            if ctx.needs_input_grad[1]:
-                grad_k = weight_grad(x, g, km).reshape(kernel.shape).to(kernel.dtype)
-            return grad_f, grad_k, None, None
-
-    TritonSparseConvFunction.__name__ = f'TritonSparseConvFunction_{device_type}'
-    return TritonSparseConvFunction
+def _forward(x, w3, kernel_map, num_out):
+    nb, _ = neighbour_tables(kernel_map)
+    return implicit_gemm(x, w3, nb, num_out)
 
 
-_FUNCTIONS = {'cpu': _make_function('cpu'), 'cuda': _make_function('cuda')}
+def _backward(g, x, w3, kernel_map, need_features, need_kernel):
+    grad_f = grad_k = None
+    if need_features:
+        _, nbt = neighbour_tables(kernel_map)
+        grad_f = implicit_gemm(g, w3, nbt, kernel_map.num_in, transpose_w=True)
+    if need_kernel:
+        grad_k = weight_grad(x, g, kernel_map)
+    return grad_f, grad_k
+
+
+_FUNCTIONS = functional.make_autograd_functions('TritonSparseConvFunction', _forward, _backward)
 
 
 def triton_sparse_conv(features, kernel, kernel_map, num_out):
