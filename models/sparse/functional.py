@@ -9,9 +9,10 @@ CUDA). ``set_implementation`` or the ``SPARSE_CONV_IMPL`` environment variable p
 the layers; ``register_implementation`` adds another.
 
 Memory: the backward pass re-gathers ``F[in_idx]`` and ``dOut[out_idx]`` per offset instead of
-saving one gathered copy per offset in the forward, and the features are kept in the compute dtype (that would cost sum_k |M_k| x C floats, ~27x the
-features for a 3x3x3 conv). Under autocast the matmuls run in the autocast dtype; sums over offsets
-accumulate in float32 and the result is returned in the autocast dtype, as a dense conv would.
+saving one gathered copy per offset in the forward (that would cost sum_k |M_k| x C floats, ~27x the
+features for a 3x3x3 conv), and the saved features are kept in the compute dtype. Under autocast the
+matmuls run in the autocast dtype; sums over offsets accumulate in float32 and the result is returned in
+the autocast dtype, as a dense conv would.
 """
 import os
 
