@@ -85,34 +85,46 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench_ours(coords, feats, device, dtype, steps, warmup, impl='torch'):
-    functional.set_implementation(impl)
-    torch.manual_seed(0)
-    model = DisNet(SimpleNamespace(arch_3d='MinkUNet18A', feature_2d_extractor='openseg')).to(device)
+def time_training_steps(model, make_input, num_voxels, device, dtype, steps, warmup, on_step=None):
+    """Seconds of each timed training step (input built, forward, cosine loss to random unit targets, backward,
+    Adam) after ``warmup`` steps, and the peak memory; ``on_step(input, seconds)`` sees every timed step (no
+    input is kept alive beyond its step, so the peak is one step's). The same loop times both engines."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'fp16'))
-    coords, feats = coords.to(device), feats.to(device)
-    target = torch.nn.functional.normalize(torch.randn(len(coords), 768, device=device), dim=1)
-    times, map_share = [], []
+    target = torch.nn.functional.normalize(torch.randn(num_voxels, 768, device=device), dim=1)
+    times = []
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     for step in range(warmup + steps):
         sync(device)
         t0 = time.perf_counter()
-        x = ME.SparseTensor(feats, coords)
+        x = make_input()
         with autocast_for(device, dtype):
             out = model(x)
-        loss = cosine_distance(out, target)
+        loss = cosine_distance(out.F if hasattr(out, 'F') else out, target)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
         sync(device)
-        dt = time.perf_counter() - t0
         if step >= warmup:
-            times.append(dt)
-            map_share.append(x.coordinate_manager.kernel_map_seconds / dt)
-    return statistics.median(times), statistics.median(map_share), peak_memory_mib(device)
+            times.append(time.perf_counter() - t0)
+            if on_step is not None:
+                on_step(x, times[-1])
+    return times, peak_memory_mib(device)
+
+
+def bench_ours(coords, feats, device, dtype, steps, warmup, impl='torch'):
+    functional.set_implementation(impl)
+    torch.manual_seed(0)
+    model = DisNet(SimpleNamespace(arch_3d='MinkUNet18A', feature_2d_extractor='openseg')).to(device)
+    coords, feats = coords.to(device), feats.to(device)
+    # each step builds its kernel maps anew (a new batch has new coordinates), as in training
+    map_share = []
+    times, mem = time_training_steps(model, lambda: ME.SparseTensor(feats, coords), len(coords), device, dtype,
+                                     steps, warmup, on_step=lambda x, t: map_share.append(
+                                         x.coordinate_manager.kernel_map_seconds / t))
+    return statistics.median(times), statistics.median(map_share), mem
 
 
 class _SpconvUNet(torch.nn.Module):
@@ -182,8 +194,6 @@ class _SpconvUNet(torch.nn.Module):
 def bench_spconv(spconv, coords, feats, batch_size, device, dtype, steps, warmup):
     torch.manual_seed(0)
     model = _SpconvUNet(spconv).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'fp16'))
     c = coords.to(device)
     # spconv wants non-negative indices: shift by a multiple of the coarsest stride (16), so every
     # strided level sees the same voxel grid as ours
@@ -192,25 +202,9 @@ def bench_spconv(spconv, coords, feats, batch_size, device, dtype, steps, warmup
     shape = (c[:, 1:].max(0).values + 2).tolist()
     indices = c.int().contiguous()
     f = feats.to(device)
-    target = torch.nn.functional.normalize(torch.randn(len(c), 768, device=device), dim=1)
-    times = []
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
-    for step in range(warmup + steps):
-        sync(device)
-        t0 = time.perf_counter()
-        x = spconv.SparseConvTensor(f, indices, shape, batch_size)
-        with autocast_for(device, dtype):
-            out = model(x)
-        loss = cosine_distance(out, target)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sync(device)
-        if step >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), peak_memory_mib(device)
+    times, mem = time_training_steps(model, lambda: spconv.SparseConvTensor(f, indices, shape, batch_size),
+                                        len(c), device, dtype, steps, warmup)
+    return statistics.median(times), mem
 
 
 def main():
