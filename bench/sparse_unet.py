@@ -3,12 +3,17 @@
 A step = build the SparseTensor (kernel maps are rebuilt every step, as in training where every batch
 has new coordinates), forward, cosine-distance loss to random unit targets (the distillation loss),
 backward, Adam. Prints the median ms/step over ``--steps`` after ``--warmup`` steps, voxels/s, peak
-memory, and the share of the step spent building coordinates + kernel maps. With spconv importable it
-also times the same network shape in spconv on the same voxels.
+memory, and the share of the step spent building coordinates, kernel maps and the Triton path's gather
+plans (map_share). With spconv importable it also times the same network shape in spconv on the same voxels.
 
     PYTHONPATH=. python bench/sparse_unet.py                                # CUDA if present, full size
     PYTHONPATH=. python bench/sparse_unet.py --device cpu --scale 0.05 --steps 2 --batch-sizes 1
     PYTHONPATH=. python bench/sparse_unet.py --dtype fp32,bf16,fp16 --batch-sizes 1,4 --impl torch,triton
+    PYTHONPATH=. python bench/sparse_unet.py --impl triton --row-orders mask,none --autotune   # tuning runs
+
+``--row-orders`` times the Triton path with its rows sorted by neighbour mask (the default) and/or in memory
+order; ``--autotune`` lets Triton's autotuner pick the tile shapes (its first steps include the tuning, so
+raise ``--warmup``) and prints the configurations it chose.
 """
 import argparse
 import platform
@@ -114,8 +119,12 @@ def time_training_steps(model, make_input, num_voxels, device, dtype, steps, war
     return times, peak_memory_mib(device)
 
 
-def bench_ours(coords, feats, device, dtype, steps, warmup, impl='torch'):
+def bench_ours(coords, feats, device, dtype, steps, warmup, impl='torch', row_order='mask', autotune=False):
     functional.set_implementation(impl)
+    if impl == 'triton':
+        from models.sparse import triton_conv
+        triton_conv.set_row_order(row_order)
+        triton_conv.set_autotune(autotune)
     torch.manual_seed(0)
     model = DisNet(SimpleNamespace(arch_3d='MinkUNet18A', feature_2d_extractor='openseg')).to(device)
     coords, feats = coords.to(device), feats.to(device)
@@ -215,6 +224,8 @@ def main():
                                                  'all three on CUDA)')
     p.add_argument('--impl', default=None, help='comma list of sparse_conv implementations: torch,triton '
                                                 '(default: both on CUDA, torch on CPU)')
+    p.add_argument('--row-orders', default='mask', help='comma list of Triton row orders: mask,none')
+    p.add_argument('--autotune', action='store_true', help='Triton rows: autotune the tile shapes (CUDA)')
     p.add_argument('--scale', type=float, default=1.0, help='fraction of a ScanNet scene (185k voxels)')
     p.add_argument('--steps', type=int, default=10)
     p.add_argument('--warmup', type=int, default=2)
@@ -229,6 +240,11 @@ def main():
     for i in impls:
         if i not in ('torch', 'triton'):
             raise SystemExit(f'--impl: unknown {i!r}, expected torch or triton')
+    row_orders = args.row_orders.split(',')
+    for r in row_orders:
+        if r not in ('mask', 'none'):
+            raise SystemExit(f'--row-orders: unknown {r!r}, expected mask or none')
+    variants = [(i, r) for i in impls for r in (row_orders if i == 'triton' else [None])]
     try:
         import spconv.pytorch as spconv
     except ImportError:
@@ -245,7 +261,7 @@ def main():
           f'{args.warmup} warm-up, spconv: {"yes" if spconv else "not installed"} (spconv has no bf16 path: '
           f'its autocast casts to fp16, so bf16 rows are not compared)')
     mem_name = 'peak_alloc_MiB' if device.type == 'cuda' else 'peak_rss_MiB'
-    print(f'{"batch":>5} {"dtype":>5} {"impl":>6} {"voxels":>9} {"ms/step":>9} {"voxels/s":>10} {mem_name:>14} '
+    print(f'{"batch":>5} {"dtype":>5} {"impl":>12} {"voxels":>9} {"ms/step":>9} {"voxels/s":>10} {mem_name:>14} '
           f'{"map_share":>9} {"spconv_ms":>9} {"spconv_MiB":>10} {"ours/spconv":>11}')
     for bs in [int(b) for b in args.batch_sizes.split(',')]:
         coords, feats = make_batch(bs, args.scale, args.seed)
@@ -256,13 +272,20 @@ def main():
                     sp = bench_spconv(spconv, coords, feats, bs, device, dtype, args.steps, args.warmup)
                 except Exception as err:  # e.g. spconv 2.3's CPU backward asks for a CUDA stream
                     print(f'# spconv failed on {device} ({type(err).__name__}: {str(err).splitlines()[0][:120]})')
-            for impl in impls:
-                sec, share, mem = bench_ours(coords, feats, device, dtype, args.steps, args.warmup, impl)
+            for impl, row_order in variants:
+                sec, share, mem = bench_ours(coords, feats, device, dtype, args.steps, args.warmup, impl,
+                                             row_order, args.autotune)
+                label = impl if row_order is None else f'{impl}:{row_order}' + ('+tune' if args.autotune else '')
                 sp_ms, sp_mem, ratio = ('-', '-', '-') if sp is None else \
                     (f'{sp[0] * 1e3:.1f}', f'{sp[1]:.0f}', f'{sec / sp[0]:.2f}')
-                print(f'{bs:>5} {dtype:>5} {impl:>6} {len(coords):>9} {sec * 1e3:>9.1f} {len(coords) / sec:>10.0f} '
+                print(f'{bs:>5} {dtype:>5} {label:>12} {len(coords):>9} {sec * 1e3:>9.1f} {len(coords) / sec:>10.0f} '
                       f'{mem:>14.0f} {share:>9.1%} {sp_ms:>9} {sp_mem:>10} {ratio:>11}', flush=True)
     functional.set_implementation('torch')
+    if args.autotune and 'triton' in impls:
+        from models.sparse import triton_conv
+        for kernel, chosen in triton_conv.tuned_configs().items():
+            for key, config in chosen.items():
+                print(f'# autotuned {kernel} {key}: {config}')
 
 
 if __name__ == '__main__':

@@ -134,13 +134,31 @@ def _triton_sparse_conv(features, kernel, kernel_map, num_out):
     return triton_sparse_conv(features, kernel, kernel_map, num_out)
 
 
+def _triton_prepare(kernel_map):
+    from models.sparse.triton_conv import prepare
+    prepare(kernel_map)
+
+
 _IMPLEMENTATIONS = {'torch': _torch_sparse_conv, 'triton': _triton_sparse_conv}
+_PREPARE = {'triton': _triton_prepare}
 _selected = os.environ.get('SPARSE_CONV_IMPL', 'torch')
 
 
-def register_implementation(name, fn):
-    """Add an implementation with ``sparse_conv``'s signature (e.g. a Triton kernel for CUDA)."""
+def register_implementation(name, fn, prepare=None):
+    """Add an implementation with ``sparse_conv``'s signature (e.g. a Triton kernel for CUDA); ``prepare``,
+    if given, derives its tables from a new kernel map (see ``prepare_kernel_map``)."""
     _IMPLEMENTATIONS[name] = fn
+    _PREPARE.pop(name, None)
+    if prepare is not None:
+        _PREPARE[name] = prepare
+
+
+def prepare_kernel_map(kernel_map):
+    """Let the selected implementation derive what it needs from a kernel map as the map is built (the
+    Triton path: its row-sorted gather tables), so that cost is counted, and cached, with the map's own."""
+    prepare = _PREPARE.get(_selected)
+    if prepare is not None:
+        prepare(kernel_map)
 
 
 def set_implementation(name):
