@@ -3,8 +3,9 @@
 A step = build the SparseTensor (kernel maps are rebuilt every step, as in training where every batch
 has new coordinates), forward, cosine-distance loss to random unit targets (the distillation loss),
 backward, Adam. Prints the median ms/step over ``--steps`` after ``--warmup`` steps, voxels/s, peak
-memory, and the share of the step spent building coordinates, kernel maps and the Triton path's gather
-plans (map_share). With spconv importable it also times the same network shape in spconv on the same voxels.
+memory, and the share of the step spent building coordinates, kernel maps and the Triton path's forward
+gather plans (map_share; its feature-gradient plans are built in backward and count in ms/step only).
+With spconv importable it also times the same network shape in spconv on the same voxels.
 
     PYTHONPATH=. python bench/sparse_unet.py                                # CUDA if present, full size
     PYTHONPATH=. python bench/sparse_unet.py --device cpu --scale 0.05 --steps 2 --batch-sizes 1

@@ -155,7 +155,7 @@ def register_implementation(name, fn, prepare=None):
 
 def prepare_kernel_map(kernel_map):
     """Let the selected implementation derive what it needs from a kernel map as the map is built (the
-    Triton path: its row-sorted gather tables), so that cost is counted, and cached, with the map's own."""
+    Triton path: its row-sorted forward gather table), so that cost is counted, and cached, with the map's."""
     prepare = _PREPARE.get(_selected)
     if prepare is not None:
         prepare(kernel_map)

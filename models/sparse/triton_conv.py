@@ -125,6 +125,8 @@ def neighbour_table(kernel_map, transposed=False):
 
 ROW_ORDERS = ('mask', 'none')
 _row_order = os.environ.get('SPARSE_CONV_ROW_ORDER', 'mask')
+if _row_order not in ROW_ORDERS:
+    raise ValueError(f'SPARSE_CONV_ROW_ORDER={_row_order!r}: expected one of {ROW_ORDERS}')
 
 
 def set_row_order(name):
@@ -186,13 +188,10 @@ def gather_plan(kernel_map, transposed=False):
 
 
 def prepare(kernel_map):
-    """Build a new kernel map's gather plans as the map is built (``functional.prepare_kernel_map``): the
-    forward plan, and the feature-gradient plan when autograd is recording."""
-    if kernel_map.kernel_volume == 1 and kernel_map.identity_offset == 0:
-        return  # a dense matmul, no tables
-    gather_plan(kernel_map)
-    if torch.is_grad_enabled():
-        gather_plan(kernel_map, transposed=True)
+    """Build a new kernel map's forward gather plan as the map is built (``functional.prepare_kernel_map``).
+    The feature-gradient plan waits for a backward pass that needs it: the stem's input has no gradient."""
+    if not (kernel_map.kernel_volume == 1 and kernel_map.identity_offset == 0):  # else a dense matmul
+        gather_plan(kernel_map)
 
 
 # ----------------------------------------------------------------------------- launch configurations
@@ -211,7 +210,10 @@ WEIGHT_GRAD_CANDIDATES = (
     (32, 32, 32, 4, 3), (32, 64, 64, 4, 3), (64, 64, 64, 4, 3), (64, 32, 32, 4, 3), (128, 64, 64, 8, 3),
     (64, 128, 128, 8, 3),
 )
-_autotune = os.environ.get('SPARSE_CONV_TRITON_AUTOTUNE', '0') == '1'
+_autotune = os.environ.get('SPARSE_CONV_TRITON_AUTOTUNE', '0')
+if _autotune not in ('0', '1'):
+    raise ValueError(f'SPARSE_CONV_TRITON_AUTOTUNE={_autotune!r}: expected 0 or 1')
+_autotune = _autotune == '1'
 
 
 def set_autotune(enabled):
@@ -227,8 +229,9 @@ def _block(n, lo=16, hi=64):
 
 def gemm_config(c_in, c_out):
     """The implicit GEMM's (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for a layer shape: tiles of at
-    most 64 x 64 outputs (130 registers per thread in fp16 and 192 in IEEE fp32 on sm_90, no spills; a 64 x 128
-    tile needs 235 in fp16), 32 input channels per step."""
+    most 64 x 64 outputs, 32 input channels per step. On sm_90 at 96 input channels that is 130 registers per
+    thread in fp16 and 192 in IEEE fp32 with no spills (at 64-256 channels fp32 keeps 8-16 bytes of stack); a
+    64 x 128 tile needs 235 in fp16."""
     return 64, _block(c_out, hi=64), _block(c_in, hi=32), 4, 3
 
 
