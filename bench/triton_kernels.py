@@ -70,7 +70,7 @@ def _signature(kernel_name, dtype):
     else:
         ptrs = {'x_ptr': dtype, 'g_ptr': dtype, 'in_idx_ptr': 'i32', 'out_idx_ptr': 'i32', 'bounds_ptr': 'i64',
                 'partial_ptr': 'fp32'}
-        ints = ['c_in', 'c_out']
+        ints = ['c_in', 'c_out', 'skip_k']
         blocks = ['NUM_SLICES', 'BLOCK_P', 'BLOCK_I', 'BLOCK_O']
     sig = {name: '*' + t for name, t in ptrs.items()}
     sig.update({name: 'i32' for name in ints})

@@ -14,11 +14,12 @@ atomics, no [pairs x C] gathered copy in memory, deterministic. Rows are tiled i
 neighbour masks (``mask_order``), so a tile's rows share offsets and skipped offsets are many: on ScanNet-scale
 rooms 90 % of the executed multiply-adds are useful, against 49 % in memory order (bench/tile_occupancy.py).
 The grad-W kernel reduces over the pairs of each offset in a fixed number of slices whose partial products
-are summed afterwards (deterministic too). A 1x1x1 conv is a dense matmul and goes to cuBLAS. Inputs are
-computed in the autocast dtype (fp16 / bf16) or float32 (IEEE, unless TF32 is allowed), accumulation is float32.
+are summed afterwards (deterministic too). A 1x1x1 conv is a dense matmul and goes to cuBLAS, as does the
+weight gradient of a submanifold conv's identity offset. Inputs are computed in the autocast dtype
+(fp16 / bf16) or float32 (IEEE, unless TF32 is allowed), accumulation is float32.
 
-The row-sorted neighbour tables ("gather plans") are built with the kernel map and cached on it
-(``prepare``). Tile shapes come from a fixed rule, or from Triton's autotuner (SPARSE_CONV_TRITON_AUTOTUNE=1).
+The row-sorted neighbour tables ("gather plans") are cached on the kernel map: the forward one is built with
+the map (``prepare``), the feature-gradient one by the first backward pass that needs it. Tile shapes come from a fixed rule, or from Triton's autotuner (SPARSE_CONV_TRITON_AUTOTUNE=1).
 bench/triton_kernels.py compiles every variant for sm_80 / sm_90 without a GPU (registers, spills).
 Status: tested for equality with the reference (outputs and both gradients) on CPU; its speed against
 spconv on a GPU is what ``bench/sparse_unet.py --impl triton`` measures, so the default implementation
@@ -78,10 +79,11 @@ def _implicit_gemm_kernel(x_ptr, w_ptr, nb_ptr, rows_ptr, out_ptr, num_out, c_ou
 
 
 @triton.jit
-def _weight_grad_kernel(x_ptr, g_ptr, in_idx_ptr, out_idx_ptr, bounds_ptr, partial_ptr, c_in, c_out,
+def _weight_grad_kernel(x_ptr, g_ptr, in_idx_ptr, out_idx_ptr, bounds_ptr, partial_ptr, c_in, c_out, skip_k,
                         NUM_SLICES: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_I: tl.constexpr,
                         BLOCK_O: tl.constexpr, IEEE_FP32: tl.constexpr):
-    """partial[k, s] = sum over slice s of offset k's pairs of x[in]^T g[out] (tile BLOCK_I x BLOCK_O)."""
+    """partial[k, s] = sum over slice s of offset k's pairs of x[in]^T g[out] (tile BLOCK_I x BLOCK_O); offset
+    ``skip_k`` (the identity offset, done by cuBLAS) gets zeros."""
     pid_ks = tl.program_id(0)
     k = pid_ks // NUM_SLICES
     s = pid_ks % NUM_SLICES
@@ -90,7 +92,7 @@ def _weight_grad_kernel(x_ptr, g_ptr, in_idx_ptr, out_idx_ptr, bounds_ptr, parti
     i_ok = ii < c_in
     o_ok = oo < c_out
     start = tl.load(bounds_ptr + k)
-    stop = tl.load(bounds_ptr + k + 1)
+    stop = tl.where(k == skip_k, start, tl.load(bounds_ptr + k + 1))
     per_slice = tl.cdiv(stop - start, NUM_SLICES)
     lo = start + s * per_slice
     hi = tl.minimum(lo + per_slice, stop)
@@ -328,13 +330,15 @@ def weight_grad_slices(max_pairs, kernel_volume, c_in, c_out, budget_bytes=1 << 
 def weight_grad(x, grad_out, kernel_map):
     """dW [K, C_in, C_out] float32 = per offset sum over its pairs of x[in]^T grad_out[out]: each offset's pairs
     are cut into a fixed number of slices whose partial products are summed afterwards (no atomics, so the
-    result is deterministic)."""
+    result is deterministic). The identity offset of a submanifold conv (pairs (i, i) for every row, the most
+    pairs of any offset) is the dense product x^T grad_out and goes to cuBLAS."""
     km = kernel_map
     c_in, c_out = x.shape[1], grad_out.shape[1]
-    max_pairs = max(b - a for a, b in zip(km.bounds[:-1], km.bounds[1:]))
+    ident = km.identity_offset
+    max_pairs = max([b - a for k, (a, b) in enumerate(zip(km.bounds[:-1], km.bounds[1:])) if k != ident] or [0])
     slices = weight_grad_slices(max_pairs, km.kernel_volume, c_in, c_out)
     partial = torch.empty((km.kernel_volume, slices, c_in, c_out), dtype=torch.float32, device=x.device)
-    args = (x, grad_out, km.in_idx, km.out_idx, km.offset_ptr, partial, c_in, c_out)
+    args = (x, grad_out, km.in_idx, km.out_idx, km.offset_ptr, partial, c_in, c_out, ident)
     if _use_autotuner(x.device):
         grid = lambda meta: (km.kernel_volume * slices, triton.cdiv(c_in, meta['BLOCK_I']),  # noqa: E731
                              triton.cdiv(c_out, meta['BLOCK_O']))
@@ -344,7 +348,10 @@ def weight_grad(x, grad_out, kernel_map):
         grid = (km.kernel_volume * slices, triton.cdiv(c_in, block_i), triton.cdiv(c_out, block_o))
         _weight_grad_kernel[grid](*args, NUM_SLICES=slices, BLOCK_P=block_p, BLOCK_I=block_i, BLOCK_O=block_o,
                                   IEEE_FP32=_ieee_fp32(x.dtype), num_warps=warps, num_stages=stages)
-    return partial.sum(1)
+    grad = partial.sum(1)
+    if ident >= 0:
+        grad[ident] = (x.t() @ grad_out).float()
+    return grad
 
 
 # ----------------------------------------------------------------------------- autograd
