@@ -35,7 +35,8 @@ from models.sparse import triton_conv as tc  # noqa: E402
 from models.sparse.modules import Convolution, ConvolutionTranspose  # noqa: E402
 
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}  # bytes per block (opt-in max)
-DTYPES = {'fp32': ('fp32', True), 'tf32': ('fp32', False), 'fp16': ('fp16', False), 'bf16': ('bf16', False)}
+DTYPES = {'fp32': ('fp32', 'ieee'), 'tf32': ('fp32', 'native'), 'fp16': ('fp16', 'native'),
+          'bf16': ('bf16', 'native')}
 
 
 def layer_shapes(arch='MinkUNet18A'):
@@ -74,18 +75,18 @@ def _signature(kernel_name, dtype):
         blocks = ['NUM_SLICES', 'BLOCK_P', 'BLOCK_I', 'BLOCK_O']
     sig = {name: '*' + t for name, t in ptrs.items()}
     sig.update({name: 'i32' for name in ints})
-    sig.update({name: 'constexpr' for name in blocks + ['IEEE_FP32']})
+    sig.update({name: 'constexpr' for name in blocks + ['DOT']})
     return sig, blocks
 
 
 def compile_variant(kernel_name, c_in, config, dtype_name, arch):
     """Compile one variant for ``sm_<arch>`` (``c_in``: the implicit GEMM's C_IN constant); returns a dict of
     its resource usage."""
-    dtype, ieee = DTYPES[dtype_name]
+    dtype, dot = DTYPES[dtype_name]
     fn = tc._implicit_gemm_kernel if kernel_name == 'implicit_gemm' else tc._weight_grad_kernel
     sig, blocks = _signature(kernel_name, dtype)
     values = [c_in] + list(config[:3]) if kernel_name == 'implicit_gemm' else [8] + list(config[:3])
-    constexprs = dict(zip(blocks, values), IEEE_FP32=ieee)
+    constexprs = dict(zip(blocks, values), DOT=dot)
     t0 = time.perf_counter()
     compiled = triton.compile(ASTSource(fn, sig, constexprs=constexprs), target=GPUTarget('cuda', arch, 32),
                               options={'num_warps': config[3], 'num_stages': config[4]})

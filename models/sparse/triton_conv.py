@@ -36,10 +36,24 @@ from models.sparse import functional
 
 
 @triton.jit
+def _mma(acc, a, b, DOT: tl.constexpr):
+    """acc + a @ b. DOT: 'ieee' (exact float32 products), 'native' (tensor cores: fp16 / bf16, or TF32 for
+    float32 when PyTorch allows it) or 'upcast' (bf16 tiles widened to float32 first: Triton's interpreter
+    multiplies bf16 tiles wrongly, numpy having no bf16; widening is exact, so CPU tests still check bf16)."""
+    if DOT == 'ieee':
+        acc += tl.dot(a, b, input_precision='ieee')
+    elif DOT == 'upcast':
+        acc += tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision='ieee')
+    else:
+        acc += tl.dot(a, b)
+    return acc
+
+
+@triton.jit
 def _implicit_gemm_kernel(x_ptr, w_ptr, nb_ptr, rows_ptr, out_ptr, num_out, c_out, num_offsets,
                           stride_wk, stride_wi, stride_wo, C_IN: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          IEEE_FP32: tl.constexpr):
+                          DOT: tl.constexpr):
     """out[rows[t]] = sum_k x[nb[k, t]] @ W_k for the tile's positions t (nb's columns are in tile order).
 
     C_IN is a compile-time constant (a network has a handful of widths): when BLOCK_K divides it the channel
@@ -67,10 +81,7 @@ def _implicit_gemm_kernel(x_ptr, w_ptr, nb_ptr, rows_ptr, out_ptr, num_out, c_ou
                     k_ok = c0 + tl.arange(0, BLOCK_K) < C_IN
                     a = tl.load(a_ptrs, mask=has[:, None] & k_ok[None, :], other=0.0)
                     b = tl.load(b_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-                if IEEE_FP32:
-                    acc += tl.dot(a, b, input_precision='ieee')
-                else:
-                    acc += tl.dot(a, b)
+                acc = _mma(acc, a, b, DOT)
                 a_ptrs += BLOCK_K
                 b_ptrs += BLOCK_K * stride_wi
     rows = tl.load(rows_ptr + pos, mask=row_ok, other=0)
@@ -81,7 +92,7 @@ def _implicit_gemm_kernel(x_ptr, w_ptr, nb_ptr, rows_ptr, out_ptr, num_out, c_ou
 @triton.jit
 def _weight_grad_kernel(x_ptr, g_ptr, in_idx_ptr, out_idx_ptr, bounds_ptr, partial_ptr, c_in, c_out, skip_k,
                         NUM_SLICES: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_I: tl.constexpr,
-                        BLOCK_O: tl.constexpr, IEEE_FP32: tl.constexpr):
+                        BLOCK_O: tl.constexpr, DOT: tl.constexpr):
     """partial[k, s] = sum over slice s of offset k's pairs of x[in]^T g[out] (tile BLOCK_I x BLOCK_O); offset
     ``skip_k`` (the identity offset, done by cuBLAS) gets zeros."""
     pid_ks = tl.program_id(0)
@@ -104,10 +115,7 @@ def _weight_grad_kernel(x_ptr, g_ptr, in_idx_ptr, out_idx_ptr, bounds_ptr, parti
         dst = tl.load(out_idx_ptr + p, mask=p_ok, other=0).to(tl.int64)
         a = tl.load(x_ptr + src[None, :] * c_in + ii[:, None], mask=i_ok[:, None] & p_ok[None, :], other=0.0)
         b = tl.load(g_ptr + dst[:, None] * c_out + oo[None, :], mask=p_ok[:, None] & o_ok[None, :], other=0.0)
-        if IEEE_FP32:
-            acc += tl.dot(a, b, input_precision='ieee')
-        else:
-            acc += tl.dot(a, b)
+        acc = _mma(acc, a, b, DOT)
     base = pid_ks.to(tl.int64) * c_in * c_out
     tl.store(partial_ptr + base + ii[:, None] * c_out + oo[None, :], acc, mask=i_ok[:, None] & o_ok[None, :])
 
@@ -270,10 +278,10 @@ def _autotuned(kernel, candidates, names, key, tile_dims):
 
 
 _implicit_gemm_tuned = _autotuned(_implicit_gemm_kernel, GEMM_CANDIDATES, ('BLOCK_M', 'BLOCK_N', 'BLOCK_K'),
-                                  ['C_IN', 'c_out', 'num_offsets', 'IEEE_FP32'],
+                                  ['C_IN', 'c_out', 'num_offsets', 'DOT'],
                                   {'BLOCK_N': 'c_out', 'BLOCK_K': 'C_IN'})
 _weight_grad_tuned = _autotuned(_weight_grad_kernel, WEIGHT_GRAD_CANDIDATES, ('BLOCK_P', 'BLOCK_I', 'BLOCK_O'),
-                                ['c_in', 'c_out', 'NUM_SLICES', 'IEEE_FP32'],
+                                ['c_in', 'c_out', 'NUM_SLICES', 'DOT'],
                                 {'BLOCK_I': 'c_in', 'BLOCK_O': 'c_out'})
 
 
@@ -287,9 +295,13 @@ def _use_autotuner(device):
     return _autotune and (device.type == 'cuda' or _interpreting())
 
 
-def _ieee_fp32(dtype):
-    # float32 inputs follow PyTorch's matmul setting: exact fp32 unless TF32 is allowed globally
-    return dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+def _dot_mode(dtype):
+    """``_mma``'s mode: float32 inputs follow PyTorch's matmul setting (exact unless TF32 is allowed)."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return 'ieee'
+    if dtype == torch.bfloat16 and _interpreting():
+        return 'upcast'
+    return 'native'
 
 
 # ----------------------------------------------------------------------------- launches
@@ -310,12 +322,12 @@ def implicit_gemm(x, w3, plan, num_out, transpose_w=False):
     args = (x, w3, table, rows, out, num_out, c_out, num_offsets, *strides)
     if _use_autotuner(x.device):
         grid = lambda meta: (triton.cdiv(num_out, meta['BLOCK_M']), triton.cdiv(c_out, meta['BLOCK_N']))  # noqa: E731
-        _implicit_gemm_tuned[grid](*args, C_IN=c_in, IEEE_FP32=_ieee_fp32(x.dtype))
+        _implicit_gemm_tuned[grid](*args, C_IN=c_in, DOT=_dot_mode(x.dtype))
     else:
         block_m, block_n, block_k, warps, stages = gemm_config(c_in, c_out)
         grid = (triton.cdiv(num_out, block_m), triton.cdiv(c_out, block_n))
         _implicit_gemm_kernel[grid](*args, C_IN=c_in, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                                    IEEE_FP32=_ieee_fp32(x.dtype), num_warps=warps, num_stages=stages)
+                                    DOT=_dot_mode(x.dtype), num_warps=warps, num_stages=stages)
     return out
 
 
@@ -342,12 +354,12 @@ def weight_grad(x, grad_out, kernel_map):
     if _use_autotuner(x.device):
         grid = lambda meta: (km.kernel_volume * slices, triton.cdiv(c_in, meta['BLOCK_I']),  # noqa: E731
                              triton.cdiv(c_out, meta['BLOCK_O']))
-        _weight_grad_tuned[grid](*args, NUM_SLICES=slices, IEEE_FP32=_ieee_fp32(x.dtype))
+        _weight_grad_tuned[grid](*args, NUM_SLICES=slices, DOT=_dot_mode(x.dtype))
     else:
         block_p, block_i, block_o, warps, stages = weight_grad_config(c_in, c_out)
         grid = (km.kernel_volume * slices, triton.cdiv(c_in, block_i), triton.cdiv(c_out, block_o))
         _weight_grad_kernel[grid](*args, NUM_SLICES=slices, BLOCK_P=block_p, BLOCK_I=block_i, BLOCK_O=block_o,
-                                  IEEE_FP32=_ieee_fp32(x.dtype), num_warps=warps, num_stages=stages)
+                                  DOT=_dot_mode(x.dtype), num_warps=warps, num_stages=stages)
     grad = partial.sum(1)
     if ident >= 0:
         grad[ident] = (x.t() @ grad_out).float()
