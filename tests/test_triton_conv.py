@@ -12,9 +12,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')  # also set by conftest.py, before anything imports triton
 triton = pytest.importorskip('triton')
-_knobs = getattr(triton, 'knobs', None)  # triton >= 3.3; older releases read the variable directly
-_interpreted = _knobs.runtime.interpret if _knobs is not None else os.environ.get('TRITON_INTERPRET') == '1'
-if not torch.cuda.is_available() and not _interpreted:
+from models.sparse.triton_conv import _interpreting  # noqa: E402
+
+if not torch.cuda.is_available() and not _interpreting():
     pytest.skip('no CUDA, and triton was imported before TRITON_INTERPRET=1 was set', allow_module_level=True)
 
 import models.sparse as ME  # noqa: E402
