@@ -4,8 +4,11 @@
 
 For every scene of ``splits`` the trained adapter maps each covered point's fused embedding x to a(x),
 written as ``<ess_embedding_path>/<scene>_0.pt`` in the fused-feature format (float16 ``feat`` [M, D],
-the same ``mask_full``); ESG reads these files as its targets. As upstream, the adapted embeddings are
-written un-normalised (ESG's cosine loss does not care).
+the same ``mask_full``, exactly the two keys OpenScene's loader expects); ESG reads these files as its
+targets. As upstream, the adapted embeddings are written un-normalised (ESG's cosine loss does not care).
+Their provenance (the adapter's weights, the input feature files) is kept in
+``<ess_embedding_path>/ess_manifest.jsonl``: with ``overwrite False`` a rerun reuses a scene's file only
+when both are unchanged, and recomputes (saying why) otherwise.
 
 On scenes with GT it prints the mIoU of the labels the adapted embeddings give, next to those the raw
 fused embeddings give (the PLG formula per point), both
@@ -35,6 +38,8 @@ from util.config import load_config
 from util.io import atomic_write_text
 from util.logger import get_logger
 from util.misc import Timer, get_device, set_seed
+from util.provenance import OutputManifest, code_version
+from util.run_folder import RunFolder
 from util.text_embeddings import text_embeddings_from_config
 from vlm_ps_generation.pseudo_labels import pseudo_labels_from_features, scene_label_mask
 
@@ -63,8 +68,8 @@ def feature_root(cfg, split):
 
 
 def adapter_identity(model):
-    """A short hash of the adapter's weights, stored in every output file: a rerun skips a scene only when
-    its file came from these very weights (a retrained adapter rewrites everything)."""
+    """A short hash of the adapter's weights, part of the provenance of every output: a rerun skips a scene
+    only when its file came from these very weights (a retrained adapter rewrites everything)."""
     digest = hashlib.sha1()
     for name, value in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -82,9 +87,15 @@ def load_written(path, mask_full, feat_dim):
 
 
 def main(argv=None):
-    # ---- config, logging
     cfg = load_config(argv, description='ESS inference: write adapted embeddings for ESG')
-    os.makedirs(cfg.save_path, exist_ok=True)
+    # the embeddings folder and the folder of the log / metrics (the ESS training run's) are written by one run
+    # at a time
+    with RunFolder(cfg.ess_embedding_path, 'ESS inference'), RunFolder(cfg.save_path, 'ESS inference'):
+        return infer(cfg)
+
+
+def infer(cfg):
+    # ---- logging
     logger = get_logger('ess-eval', log_file=os.path.join(cfg.save_path, 'eval_ess.log'))
     logger.info(f'config {cfg.config_file}\n{cfg}')
     set_seed(cfg.manual_seed)
@@ -104,7 +115,8 @@ def main(argv=None):
     logger.info(f"adapter '{model_path}' (epoch {state['epoch']}, val mIoU {state['best_metric']:.4f}, {source})")
 
     # ---- loop over scenes: write a(x) for every covered point; score labels where GT exists
-    os.makedirs(cfg.ess_embedding_path, exist_ok=True)
+    settings = {'stage': 'ess-inference', 'adapter': source, 'feat_dim': model.feat_dim}
+    manifest = OutputManifest(cfg.ess_embedding_path, 'ess', settings)
     results, timer = {}, Timer()
     num_classes = info.num_classes
     for split in cfg.splits:
@@ -118,13 +130,16 @@ def main(argv=None):
         n_points = n_covered = n_scored = written = skipped = 0
         for item in tqdm(loader, desc=f'ESS {split}', dynamic_ncols=True):
             out_path = os.path.join(cfg.ess_embedding_path, f"{item['scene']}_0.pt")
-            if (os.path.isfile(out_path) and not cfg.overwrite
-                    and formats.fused_feature_source(out_path) == source):
+            current, why = manifest.check(item['scene'], [item['feat_path']], [out_path])
+            if current and not cfg.overwrite:
                 adapted = load_written(out_path, item['mask_full'], model.feat_dim)
                 skipped += 1
             else:
+                if os.path.exists(out_path) and not cfg.overwrite:
+                    tqdm.write(f"ESS inference: recomputing '{item['scene']}': {why}")
                 adapted = adapt_scene(model, item['feat'], device)
-                formats.save_fused_features(out_path, adapted, item['mask_full'], source=source)
+                formats.save_fused_features(out_path, adapted, item['mask_full'])
+                manifest.record(item['scene'], [item['feat_path']], [out_path])
                 adapted, written = adapted.half(), written + 1
             if not item['has_labels']:
                 continue
@@ -161,8 +176,11 @@ def main(argv=None):
         for name, r in results[split].items():
             lines.append(f"  {name:<56s} {r['miou_covered']:8.4f} {r['miou_all_points']:11.4f}")
         logger.info('\n'.join(lines))
+    manifest.close()
     if results:
-        atomic_write_text(os.path.join(cfg.save_path, 'ess_eval_metrics.json'), json.dumps(results, indent=2))
+        provenance = {'settings': settings, 'model_path': model_path, 'code': code_version()}
+        atomic_write_text(os.path.join(cfg.save_path, 'ess_eval_metrics.json'),
+                          json.dumps(dict(results, provenance=provenance), indent=2))
     return results
 
 

@@ -29,6 +29,8 @@ from util.io import atomic_np_save, atomic_write_text
 from util.logger import get_logger
 from util.metric import evaluate_confusion, format_table
 from util.misc import Timer, set_seed
+from util.provenance import array_digest, code_version, file_digest
+from util.run_folder import ExistingResultsError, RunFolder
 from util.text_embeddings import text_embeddings_from_config
 from util.visualize import iou_bar_chart, labels_to_colors, topdown_png, write_ply
 
@@ -66,10 +68,60 @@ def scene_writer(cfg, val_set, info):
     return on_scene
 
 
+# files of one scene in save_folder, and files of the whole split
+SCENE_OUTPUTS = ('{}_pred.npy', '{}_pred.ply', '{}_gt.ply', '{}_topdown.png')
+SPLIT_OUTPUTS = ('metrics.txt', 'eval_summary.json', 'iou_per_class.png')
+MANIFEST = 'eval_manifest.json'
+
+
+def evaluation_provenance(cfg, text_embeddings):
+    """What determines the results in save_folder: the checkpoint's content and the settings."""
+    keys = ('labelset', 'data_root', 'split', 'voxel_size', 'input_color', 'arch_3d', 'feature_type',
+            'test_repeats', 'manual_seed', 'mark_no_feature_to_unknown', 'data_root_2d_fused_feature', 'amp')
+    return {'model': file_digest(cfg.model_path)['sha1'] if cfg.feature_type != 'fusion' else None,
+            'text_embeddings': array_digest(text_embeddings.numpy()),
+            **{k: cfg.get(k) for k in keys}}
+
+
+def claim_results(folder, provenance, scenes, overwrite, log):
+    """Refuse to mix these results with those of another checkpoint or settings in ``folder`` (unless
+    ``overwrite``, which deletes them), then record what the folder is about to hold."""
+    path = os.path.join(folder, MANIFEST)
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        old = None  # absent, or cut by a crash: judged by the other files below
+    legacy = old is None and any(os.path.exists(os.path.join(folder, n)) for n in SPLIT_OUTPUTS)
+    differs = legacy or (old is not None and old.get('provenance') != provenance)
+    if differs and not overwrite:
+        what = ('results of an unknown origin (no eval_manifest.json)' if legacy else
+                'results of ' + ', '.join(f'{k} {(old.get("provenance") or {}).get(k)!r}' for k in provenance
+                                          if (old.get('provenance') or {}).get(k) != provenance[k]))
+        raise ExistingResultsError(f"'{folder}' holds {what}; this run would mix its files with them. Give another "
+                                   f"save_folder, or overwrite True to delete them first")
+    if differs:
+        old_scenes = old.get('scenes', []) if old else []
+        for name in [p.format(s) for s in old_scenes for p in SCENE_OUTPUTS] + list(SPLIT_OUTPUTS):
+            if os.path.isfile(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
+        log(f"overwrite True: deleted the earlier results in '{folder}'")
+    atomic_write_text(path, json.dumps({'provenance': provenance, 'scenes': scenes, 'code': code_version()},
+                                       indent=2))
+
+
 def main(argv=None):
     cfg = load_config(argv, description='Evaluate an ESG 3D network')
     dist_info, device = du.init_distributed(cfg.device)
-    os.makedirs(cfg.save_folder, exist_ok=True)
+    try:
+        with RunFolder(cfg.save_folder, 'evaluation', enabled=dist_info.rank == 0):
+            du.barrier()
+            return evaluate(cfg, dist_info, device)
+    finally:
+        du.cleanup()
+
+
+def evaluate(cfg, dist_info, device):
     logger = get_logger('esg-eval', log_file=os.path.join(cfg.save_folder, 'evaluate.log'), rank=dist_info.rank)
     logger.info(f'config {cfg.config_file}\n{cfg}')
     set_seed(cfg.manual_seed)
@@ -84,6 +136,10 @@ def main(argv=None):
                     f"{state['best_metric']:.4f})")
 
     val_set = eval_dataset(cfg, cfg.split)
+    if du.is_main_process():
+        claim_results(cfg.save_folder, evaluation_provenance(cfg, text_embeddings),
+                      [scene_name(p) for p in val_set.data_paths], cfg.overwrite, logger.info)
+    du.barrier()
     conf, conf_first = predict_split(model, val_set, text_embeddings, device=device,
                          test_repeats=cfg.test_repeats, seed=cfg.manual_seed, feature_type=cfg.feature_type,
                          fused_feature_root=cfg.data_root_2d_fused_feature,
@@ -114,7 +170,6 @@ def main(argv=None):
         iou_bar_chart(result, os.path.join(cfg.save_folder, 'iou_per_class.png'),
                       title=f"{cfg.labelset} {cfg.split}: mIoU {result['miou']:.3f} ({cfg.feature_type})")
         logger.info(f"predictions and pictures in '{cfg.save_folder}'")
-    du.cleanup()
     return summary
 
 

@@ -10,7 +10,10 @@ Voxels no view saw get no loss; the network fills them from geometry and colour.
 argmax(f_3D(v) @ T^T) per point against GT through ``util.inference.predict_split``, the very code
 ``evaluate.py`` runs. ``best.pth`` (by val mIoU) and ``last.pth`` go to ``save_path``;
 ``resume <save_path>/last.pth`` continues exactly (the data order and the augmentations of an epoch
-depend only on (manual_seed, epoch, rank)).
+depend only on (manual_seed, epoch, rank)). A fresh run into a folder that holds checkpoints is refused
+unless ``overwrite True``; the folder is locked while the run writes (``util/run_folder.py``). A batch the
+network cannot train on (no covered voxel, or one voxel at the coarsest level) is skipped with a warning
+naming its scenes; a non-finite loss stops the run, naming the scenes and what went wrong.
 """
 import json
 import math
@@ -24,14 +27,15 @@ from torch.utils.data.distributed import DistributedSampler
 from dataset.label_constants import dataset_info
 from models.disnet import DisNet
 from util import distributed as du
-from util.checkpoint import load_checkpoint, save_best_and_last, unwrap_model
+from util.checkpoint import load_checkpoint, repair_best, save_best_and_last, unwrap_model
 from util.config import load_config
 from util.inference import eval_dataset, forward_voxels, predict_split
 from util.io import atomic_write_text
 from util.logger import get_logger
 from util.losses import distillation_loss
 from util.metric import evaluate_confusion, format_table
-from util.misc import AverageMeter, Timer, format_eta, set_seed
+from util.misc import AverageMeter, batch_scene_names, Timer, format_eta, set_seed
+from util.run_folder import RunFolder
 from util.tensorboard import close_writer, create_writer, log_scalars
 from util.text_embeddings import text_embeddings_from_config
 
@@ -58,7 +62,8 @@ def build_train_set(cfg, feat_dim):
     from dataset.feature_loader import FusedFeatureLoader
     return FusedFeatureLoader(datapath_prefix=cfg.data_root, datapath_prefix_feat=cfg.data_root_2d_fused_feature,
                               voxel_size=cfg.voxel_size, split=cfg.train_split, aug=cfg.aug, loop=cfg.loop,
-                              input_color=cfg.input_color, feat_dim=feat_dim, seed=cfg.manual_seed)
+                              input_color=cfg.input_color, feat_dim=feat_dim, seed=cfg.manual_seed,
+                              num_classes=dataset_info(cfg.labelset).num_classes)
 
 
 def epoch_seed(cfg, epoch, rank):
@@ -68,7 +73,35 @@ def epoch_seed(cfg, epoch, rank):
 
 
 # ----------------------------------------------------------------------------- one epoch / validation
-def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer):
+COARSEST_STRIDE = 16  # MinkUNet's four stride-2 levels: BatchNorm there needs >= 2 voxels in a batch
+
+
+def unusable_batch(coords, mask):
+    """Why a batch cannot train the network (None if it can): no voxel with an ESS embedding (the loss is
+    empty), or a single voxel at the coarsest level (BatchNorm needs two values per channel in training)."""
+    if not bool(mask.any()):
+        return 'no voxel of these scenes has an ESS embedding (no 2D view covers them)'
+    coarse = torch.cat([coords[:, :1], torch.div(coords[:, 1:4], COARSEST_STRIDE, rounding_mode='floor')], 1)
+    if torch.unique(coarse, dim=0).shape[0] < 2:
+        return (f'{coords.shape[0]} voxels fall into one voxel at the coarsest level (stride {COARSEST_STRIDE}), too '
+                f'small for BatchNorm')
+    return None
+
+
+def non_finite_loss_message(loss, epoch, step, scenes, feats, feat_3d, model, amp):
+    """Where a non-finite loss came from: the batch's inputs or targets (a bad file), or the network."""
+    where = f'ESG loss is {loss} at epoch {epoch + 1}, step {step + 1} (scenes {", ".join(scenes)})'
+    if not torch.isfinite(feats).all():
+        return f'{where}: the input colours hold NaN / Inf; fix the 3D scene files'
+    if not torch.isfinite(feat_3d).all():
+        return f'{where}: the ESS embeddings of these scenes hold NaN / Inf; rerun ESS inference (overwrite True)'
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        return f'{where}: the network weights became non-finite (training diverged); lower base_lr'
+    return (f'{where}: inputs, targets and weights are finite, so the forward pass overflowed'
+            + ('; turn amp off or use bf16' if amp not in ('off', False) else '; lower base_lr'))
+
+
+def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer, batch_scenes):
     model.train()
     loss_meter, step_time = AverageMeter(), AverageMeter()
     steps = len(loader)
@@ -81,12 +114,21 @@ def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_it
             group['lr'] = lr
         # as upstream: a random integer shift of the whole batch, so stride-2 pooling sees another grid
         coords[:, 1:4] += (torch.rand(3) * 100).type_as(coords)
-        output = forward_voxels(model, coords, feats, device, cfg.amp)
-        mask = mask.to(device)
         if int(mask.sum()) != feat_3d.shape[0]:
             raise RuntimeError(f'the loader returned {feat_3d.shape[0]} ESS embeddings for {int(mask.sum())} '
                                f'covered voxels; dataset/feature_loader.py is inconsistent')
-        loss = distillation_loss(output[mask], feat_3d.to(device), cfg.loss_type)
+        # every rank must take the same decision, or DDP's gradient all-reduce would wait forever
+        why = unusable_batch(coords, mask)
+        if du.any_rank(why is not None, device=device if device.type == 'cuda' else 'cpu'):
+            logger.warning(f'epoch {epoch + 1} step {i + 1}: skipped, '
+                           + (f'scenes {", ".join(batch_scenes(i))}: {why}' if why else 'a batch on another process '
+                              'cannot be trained on'))
+            continue
+        output = forward_voxels(model, coords, feats, device, cfg.amp)
+        loss = distillation_loss(output[mask.to(device)], feat_3d.to(device), cfg.loss_type)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(non_finite_loss_message(loss.item(), epoch, i, batch_scenes(i), feats, feat_3d,
+                                                             model, cfg.amp))
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -95,9 +137,6 @@ def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_it
         else:
             loss.backward()
             optimizer.step()
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f'ESG loss is {loss.item()} at epoch {epoch + 1} step {i + 1}; lower base_lr '
-                                     f'or turn amp off')
         loss_meter.update(loss.item(), coords.shape[0])
         step_time.update(time.perf_counter() - end)
         end = time.perf_counter()
@@ -152,10 +191,12 @@ def train(cfg, dist_info, device, logger):
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.base_lr)
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == 'fp16' else None
     max_iter = cfg.epochs * len(train_loader)
-    start_epoch, best_miou, history, losses = 0, -math.inf, [], []
+    start_epoch, best_miou, best_epoch, history, losses = 0, -math.inf, None, [], []
     if cfg.resume:
         state = load_checkpoint(cfg.resume, model, optimizer, map_location=device)
-        start_epoch, best_miou = state['epoch'], state['best_metric']
+        if du.is_main_process():
+            repair_best(cfg.save_path, cfg.resume, state, logger.info)
+        start_epoch, best_miou, best_epoch = state['epoch'], state['best_metric'], state['best_epoch']
         history = [tuple(h) for h in state['extra'].get('val_miou', [])]
         losses = list(state['extra'].get('train_loss', []))
         if scaler is not None and state['extra'].get('grad_scaler'):
@@ -170,28 +211,31 @@ def train(cfg, dist_info, device, logger):
         set_seed(epoch_seed(cfg, epoch, dist_info.rank))
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
-        loss, lr = train_one_epoch(model, train_loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer)
+        loss, lr = train_one_epoch(model, train_loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer,
+                                   batch_scene_names(sampler, train_set.scene_name, cfg.batch_size // dist_info.world_size))
         loss = du.all_reduce_mean(loss, device=device if device.type == 'cuda' else 'cpu')
         losses.append(loss)
         # without validation (evaluate False) best.pth follows last.pth, so evaluation configs still find it
         scalars, message, is_best = {'train/loss': loss}, '', val_set is None
+        best_epoch = epoch + 1 if is_best else best_epoch
         if val_set is not None and ((epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.epochs):
             result = validate(model, val_set, text_embeddings, cfg, device, dist_info)
             if result['num_points'] == 0:  # scans without GT: an mIoU of 0 would freeze best.pth at epoch 1
                 logger.warning(f"val split '{cfg.val_split}' has no labelled point: validation is switched off and "
                                f"best.pth follows last.pth (evaluate False skips it from the start)")
-                val_set, is_best = None, True
+                val_set, is_best, best_epoch = None, True, epoch + 1
             else:
                 last_result, miou = result, result['miou']
                 history.append((epoch + 1, miou))
                 is_best = miou > best_miou
                 best_miou = max(best_miou, miou)
+                best_epoch = epoch + 1 if is_best else best_epoch
                 scalars.update({'val/miou': miou, 'val/macc': result['macc']})
                 message = (f"  val mIoU {miou:.4f}  mAcc {result['macc']:.4f}  best {best_miou:.4f}"
                            f"{'  *' if is_best else ''}")
         if du.is_main_process():
             save_best_and_last(cfg.save_path, is_best, model=model, optimizer=optimizer, epoch=epoch + 1,
-                               best_metric=best_miou, extra={'val_miou': history, 'train_loss': losses,
+                               best_metric=best_miou, best_epoch=best_epoch, extra={'val_miou': history, 'train_loss': losses,
                                                              'config_file': cfg.config_file,
                                                              'grad_scaler': scaler.state_dict() if scaler else None})
         du.barrier()  # no rank starts the next epoch (or reads last.pth) before it is written
@@ -211,15 +255,22 @@ def train(cfg, dist_info, device, logger):
     return model, summary
 
 
+# what a run writes into its folder; a fresh run into a folder holding any of them is refused (util/run_folder.py)
+RUN_OUTPUTS = ('last.pth', 'best.pth', 'esg_summary.json', 'tensorboard')
+
+
 def main(argv=None):
     cfg = load_config(argv, description='ESG: distil the ESS embeddings into a 3D sparse U-Net')
     dist_info, device = du.init_distributed(cfg.device)
-    os.makedirs(cfg.save_path, exist_ok=True)
-    logger = get_logger('esg-train', log_file=os.path.join(cfg.save_path, 'train_esg.log'), rank=dist_info.rank)
-    logger.info(f'config {cfg.config_file}\n{cfg}')
-    logger.info(f'device {device}, {dist_info.world_size} process(es)')
     try:
-        _, summary = train(cfg, dist_info, device, logger)
+        # rank 0 writes every file, so it alone holds the folder
+        with RunFolder(cfg.save_path, 'ESG training', enabled=dist_info.rank == 0) as folder:
+            folder.check_fresh_or_resume(resume=cfg.resume, overwrite=cfg.overwrite, outputs=RUN_OUTPUTS)
+            du.barrier()
+            logger = get_logger('esg-train', log_file=os.path.join(cfg.save_path, 'train_esg.log'), rank=dist_info.rank)
+            logger.info(f'config {cfg.config_file}\n{cfg}')
+            logger.info(f'device {device}, {dist_info.world_size} process(es)')
+            _, summary = train(cfg, dist_info, device, logger)
     finally:
         du.cleanup()
     return summary

@@ -7,7 +7,9 @@ a(x) = W2(W1 x)(1 - alpha) + x alpha, is classified against the frozen CLIP text
 (logits = a(x) T^T) and trained with cross-entropy against the PLG pseudo labels ('unlabeled' ignored).
 After every epoch the val mIoU of argmax(logits) against GT is measured; ``best.pth`` (by that mIoU)
 and ``last.pth`` go to ``save_path``. ``resume <save_path>/last.pth`` continues exactly where the run
-stopped: data order and point draws depend only on (manual_seed, epoch).
+stopped: data order and point draws depend only on (manual_seed, epoch). A fresh run into a folder that
+holds checkpoints is refused unless ``overwrite True``; the folder is locked while the run writes
+(``util/run_folder.py``). A non-finite loss stops the run naming the epoch, the batch and its scenes.
 """
 import math
 import os
@@ -23,10 +25,11 @@ from dataset.ess_loader import ESSPointDataset, ESSSceneDataset, EpochShuffleSam
 from dataset.label_constants import dataset_info
 from models.adapter import build_adapter
 from util import metric
-from util.checkpoint import load_checkpoint, save_best_and_last
+from util.checkpoint import load_checkpoint, repair_best, save_best_and_last
 from util.config import load_config
 from util.logger import get_logger
-from util.misc import AverageMeter, Timer, get_device, set_seed
+from util.misc import AverageMeter, batch_scene_names, Timer, get_device, set_seed
+from util.run_folder import RunFolder
 from util.tensorboard import close_writer, create_writer, log_scalars
 from util.text_embeddings import text_embeddings_from_config
 
@@ -69,21 +72,34 @@ def validate(model, loader, info, device):
     return covered, all_points
 
 
-def train_one_epoch(model, loader, criterion, optimizer, device, desc):
+def train_one_epoch(model, loader, criterion, optimizer, device, epoch, desc, batch_scenes):
+    """One pass over the training scenes; ``batch_scenes(i)`` names the scenes of batch i (for errors)."""
     model.train()
     loss_meter = AverageMeter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
-    for feats, labels in bar:
+    for i, (feats, labels) in enumerate(bar):
         feats, labels = feats.to(device), labels.to(device)
         logits = model(feats)                                    # [B, P, C]
         # mean over all non-ignored points of the batch, as upstream's CrossEntropyLoss on [B, C, P]
         loss = criterion(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(non_finite_loss_message(loss.item(), epoch, i, batch_scenes(i), feats, model))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         loss_meter.update(loss.item(), feats.shape[0])
         bar.set_postfix(loss=f'{loss_meter.avg:.4f}')
     return loss_meter.avg
+
+
+def non_finite_loss_message(loss, epoch, batch, scenes, feats, model):
+    """Where a non-finite loss came from: the input features (a bad file) or the weights (divergence)."""
+    where = f'ESS loss is {loss} at epoch {epoch + 1}, batch {batch + 1} (scenes {", ".join(scenes)})'
+    if not torch.isfinite(feats).all():
+        return f'{where}: the fused features of these scenes hold NaN / Inf; fix or regenerate their feature files'
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        return f'{where}: the adapter weights became non-finite (training diverged); lower base_lr'
+    return f'{where}: inputs and weights are finite, so the logits overflowed; lower base_lr'
 
 
 def step_scheduler_at_epoch_start(scheduler):
@@ -95,10 +111,19 @@ def step_scheduler_at_epoch_start(scheduler):
     return scheduler.get_last_lr()[0]
 
 
+# what a run writes into its folder; a fresh run into a folder holding any of them is refused (util/run_folder.py)
+RUN_OUTPUTS = ('last.pth', 'best.pth', 'tensorboard')
+
+
 def main(argv=None):
-    # ---- config, logging, seed
     cfg = load_config(argv, description='ESS: train the embedding adapter on PLG pseudo labels')
-    os.makedirs(cfg.save_path, exist_ok=True)
+    with RunFolder(cfg.save_path, 'ESS training') as folder:
+        folder.check_fresh_or_resume(resume=cfg.resume, overwrite=cfg.overwrite, outputs=RUN_OUTPUTS)
+        return train(cfg)
+
+
+def train(cfg):
+    # ---- logging, seed
     logger = get_logger('ess-train', log_file=os.path.join(cfg.save_path, 'train_ess.log'))
     logger.info(f'config {cfg.config_file}\n{cfg}')
     set_seed(cfg.manual_seed)
@@ -128,10 +153,11 @@ def main(argv=None):
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.base_lr, betas=tuple(cfg.betas), eps=1e-8,
                                  weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_epoch, gamma=cfg.multiplier)
-    start_epoch, best_miou, history = 0, -math.inf, []
+    start_epoch, best_miou, best_epoch, history = 0, -math.inf, None, []
     if cfg.resume:
         state = load_checkpoint(cfg.resume, model, optimizer, scheduler, map_location=device)
-        start_epoch, best_miou = state['epoch'], state['best_metric']
+        repair_best(cfg.save_path, cfg.resume, state, logger.info)
+        start_epoch, best_miou, best_epoch = state['epoch'], state['best_metric'], state['best_epoch']
         history = [tuple(h) for h in state['extra'].get('val_miou', [])]  # (epoch, val mIoU)
         logger.info(f"resumed from '{cfg.resume}': {start_epoch} epochs done, best val mIoU {best_miou:.4f}")
     writer = create_writer(cfg.save_path, enabled=cfg.tensorboard)
@@ -142,7 +168,8 @@ def main(argv=None):
         lr = step_scheduler_at_epoch_start(scheduler)
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
-        loss = train_one_epoch(model, train_loader, criterion, optimizer, device, f'epoch {epoch + 1}/{cfg.epochs}')
+        loss = train_one_epoch(model, train_loader, criterion, optimizer, device, epoch, f'epoch {epoch + 1}/{cfg.epochs}',
+                               batch_scene_names(sampler, train_set.scenes.__getitem__, cfg.batch_size))
         scalars, message, is_best = {'train/loss': loss, 'train/lr': lr}, '', False
         # upstream validates after every epoch (eval_freq 1); the last epoch is always validated
         if (epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.epochs:
@@ -150,11 +177,12 @@ def main(argv=None):
             history.append((epoch + 1, covered['miou']))
             is_best = covered['miou'] > best_miou
             best_miou = max(best_miou, covered['miou'])
+            best_epoch = epoch + 1 if is_best else best_epoch
             scalars.update({'val/miou': covered['miou'], 'val/miou_all_points': all_points['miou']})
             message = (f"  val mIoU {covered['miou']:.4f} (covered points)  {all_points['miou']:.4f} (all points, "
                        f"uncovered = wrong)  best {best_miou:.4f}{'  *' if is_best else ''}")
         save_best_and_last(cfg.save_path, is_best, model=model, optimizer=optimizer, scheduler=scheduler,
-                           epoch=epoch + 1, best_metric=best_miou,
+                           epoch=epoch + 1, best_metric=best_miou, best_epoch=best_epoch,
                            extra={'val_miou': history, 'config_file': cfg.config_file})
         log_scalars(writer, scalars, epoch + 1)
         logger.info(f'epoch {epoch + 1}/{cfg.epochs}  lr {lr:.2e}  loss {loss:.4f}{message}  [{timer.elapsed():.1f} s]')

@@ -25,9 +25,9 @@ from dataset import formats
 from dataset.label_constants import IGNORE_LABEL
 
 
-def scene_feature_file(feat_root, scene):
+def scene_feature_file(feat_root, scene, scenes=()):
     """The fused-feature file ESS reads for ``scene`` (see module docstring)."""
-    return formats.fused_feature_files(feat_root, scene)[0]
+    return formats.fused_feature_files(feat_root, scene, scenes)[0]
 
 
 def _validate_pseudo_labels(labels, folder, scene, num_classes):
@@ -46,6 +46,7 @@ class _SceneReader:
                  cache=False):
         self.scene_paths = formats.list_scenes(data_root, split)
         self.scenes = [formats.scene_name(p) for p in self.scene_paths]
+        self.all_scenes = formats.all_scene_names(data_root)
         self.feat_root, self.num_classes, self.feat_dim = feat_root, num_classes, feat_dim
         self.pseudo_label_path = pseudo_label_path
         self.cache = {} if cache else None
@@ -54,9 +55,9 @@ class _SceneReader:
         if self.cache is not None and index in self.cache:
             return self.cache[index]
         scene = self.scenes[index]
-        scene_3d = formats.load_scene_3d(self.scene_paths[index])
+        scene_3d = formats.load_scene_3d(self.scene_paths[index], self.num_classes)
         n = scene_3d.coords.shape[0]
-        feat_path = scene_feature_file(self.feat_root, scene)
+        feat_path = scene_feature_file(self.feat_root, scene, self.all_scenes)
         feat, mask = formats.load_fused_features(feat_path, num_points=n, feat_dim=self.feat_dim)
         item = {'scene': scene, 'feat_path': feat_path, 'feat': feat, 'mask_full': mask,
                 'gt': scene_3d.labels, 'has_labels': scene_3d.has_labels}

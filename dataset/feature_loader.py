@@ -1,4 +1,4 @@
-"""Voxelised scenes with their fused 2D features, as OpenScene's ``FusedFeatureLoader`` (SPEC §2, §3).
+"""Voxelised scenes with their fused 2D features, as OpenScene's ``FusedFeatureLoader``.
 
 Feature files: ``<feat_root>/<scene>.pt`` and/or ``<scene>_<k>.pt`` (OpenScene's released train
 features have k = 0..4, each a random subset of the visible points); one file is drawn uniformly per
@@ -18,7 +18,7 @@ coverage [V].
 """
 import torch
 
-from dataset.formats import fused_feature_files, load_fused_features, scene_name
+from dataset.formats import all_scene_names, fused_feature_files, load_fused_features, scene_name
 from dataset.point_loader import Point3DLoader, collation_fn, collation_fn_eval_all  # noqa: F401 (re-exported)
 from util.logger import get_logger
 
@@ -53,16 +53,17 @@ class FusedFeatureLoader(Point3DLoader):
 
     def __init__(self, datapath_prefix, datapath_prefix_feat, voxel_size=0.05, split='train', aug=False,
                  memcache_init=False, identifier=7791, loop=1, eval_all=False, input_color=False,
-                 feat_dim=None, seed=None):
+                 feat_dim=None, seed=None, num_classes=None):
         super().__init__(datapath_prefix=datapath_prefix, voxel_size=voxel_size, split=split, aug=aug,
                          memcache_init=False, identifier=identifier, loop=loop, eval_all=eval_all,
-                         input_color=input_color, seed=seed)
+                         input_color=input_color, seed=seed, num_classes=num_classes)
         self.datapath_feat = datapath_prefix_feat
         self.feat_dim = feat_dim
         kept_paths, self.feature_files, skipped = [], [], []
+        all_scenes = all_scene_names(datapath_prefix)
         for path in self.data_paths:
             try:
-                files = fused_feature_files(datapath_prefix_feat, scene_name(path))
+                files = fused_feature_files(datapath_prefix_feat, scene_name(path), all_scenes)
             except FileNotFoundError:
                 skipped.append(scene_name(path))
                 continue
@@ -71,7 +72,7 @@ class FusedFeatureLoader(Point3DLoader):
         if not kept_paths:
             raise FileNotFoundError(
                 f"no fused-feature files in '{datapath_prefix_feat}' for any of the {len(self.data_paths)} "
-                f"scenes of '{datapath_prefix}/{split}': expected '<scene>.pt' or '<scene>_<k>.pt' (SPEC §3)")
+                f"scenes of '{datapath_prefix}/{split}': expected '<scene>.pt' or '<scene>_<k>.pt'")
         if skipped:
             get_logger().warning(
                 f"FusedFeatureLoader: {len(skipped)} of {len(self.data_paths)} scenes of split '{split}' have no "

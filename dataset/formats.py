@@ -1,4 +1,4 @@
-"""OpenScene's on-disk formats (SPEC §3): the one place that knows file names and layouts.
+"""OpenScene's on-disk formats: the one place that knows file names and layouts.
 
 - 3D scene   ``<root>/<split>/<scene>.pth``: tuple (coords [N,3], colors [N,3] in [-1,1], labels [N]);
   ScanNet files are named ``<scene>_vh_clean_2.pth``; label 255 or -100 = ignore.
@@ -10,7 +10,6 @@
 Every reader validates shapes and raises an error that names the file, what was expected and what
 was found. Every writer is atomic.
 """
-import glob
 import os
 import re
 from typing import NamedTuple, Optional
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from dataset.label_constants import IGNORE_LABEL
-from util.io import atomic_np_save, atomic_torch_save, safe_torch_load
+from util.io import atomic_np_save, atomic_torch_save, safe_np_load, safe_torch_load
 
 SCANNET_SUFFIX = '_vh_clean_2'
 
@@ -47,18 +46,37 @@ def scene_name(path):
 
 
 def list_scenes(data_root, split):
-    """Sorted ``.pth`` paths of one split; an error if the folder is missing or empty."""
+    """Sorted ``.pth`` paths of one split; an error if the folder is missing or empty.
+
+    The folder is listed, not globbed, so folder names with glob characters (``[v2]``) work."""
     folder = os.path.join(data_root, split)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(f"3D data folder '{folder}' is a file, expected a folder of <scene>.pth files")
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"3D data folder '{folder}' does not exist: expected "
-                                f"<data_root>/{split}/<scene>.pth files (SPEC §3); check data_root")
-    paths = sorted(glob.glob(os.path.join(folder, '*.pth')))
+                                f"<data_root>/{split}/<scene>.pth files; check data_root")
+    paths = sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                   if n.endswith('.pth') and os.path.isfile(os.path.join(folder, n)))
     if not paths:
         raise FileNotFoundError(f"3D data folder '{folder}' holds no .pth scene files")
     return paths
 
 
-def load_scene_3d(path) -> Scene3D:
+def all_scene_names(data_root):
+    """Names of the scenes of every split under ``data_root`` (to tell ``room_0.pt`` of scene 'room_0' from
+    the k=0 file of scene 'room' in a fused-feature folder shared by the splits)."""
+    names = set()
+    if os.path.isdir(data_root):
+        for split in os.listdir(data_root):
+            folder = os.path.join(data_root, split)
+            if os.path.isdir(folder):
+                names.update(scene_name(n) for n in os.listdir(folder) if n.endswith('.pth'))
+    return names
+
+
+def load_scene_3d(path, num_classes: Optional[int] = None) -> Scene3D:
+    """Read and check a 3D scene: shapes, finite coordinates and colours, colours in [-1, 1] and, when
+    ``num_classes`` is given, labels in ``[0, num_classes)`` or ignore (255 / negative)."""
     data = safe_torch_load(path, '3D scene')
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         raise FormatError(f"3D scene '{path}': expected a tuple (coords, colors[, labels]), "
@@ -68,23 +86,52 @@ def load_scene_3d(path) -> Scene3D:
     if coords.ndim != 2 or coords.shape[1] != 3:
         raise FormatError(f"3D scene '{path}': expected coords of shape [N, 3], found {list(coords.shape)}")
     n = coords.shape[0]
+    if n == 0:
+        raise FormatError(f"3D scene '{path}' has no points")
     if np.isscalar(data[1]) or colors.ndim == 0:  # OpenScene stores 0 for point clouds without colour
         colors = np.zeros((n, 3), np.float32)
     if colors.shape != (n, 3):
         raise FormatError(f"3D scene '{path}': expected colors of shape [{n}, 3], found {list(colors.shape)}")
-    if n and (np.abs(colors).max() > 1.0 + 1e-3):
+    check_finite(coords, f"3D scene '{path}'", 'coords')
+    check_finite(colors, f"3D scene '{path}'", 'colors')
+    if np.abs(colors).max() > 1.0 + 1e-3:
         raise FormatError(f"3D scene '{path}': expected colors in [-1, 1] (rgb / 127.5 - 1), found values up to "
                           f"{np.abs(colors).max():.1f}; convert 0-255 colours with rgb / 127.5 - 1")
     if len(data) == 3:
         labels = _as_numpy(data[2], path, 'labels')
         if labels.shape != (n,):
             raise FormatError(f"3D scene '{path}': expected labels of shape [{n}], found {list(labels.shape)}")
+        check_finite(labels, f"3D scene '{path}'", 'labels')
         labels = labels.astype(np.int64)
         labels[labels < 0] = IGNORE_LABEL  # -100 in some releases
         has_labels = True
+        if num_classes is not None:
+            check_labels(labels, num_classes, f"3D scene '{path}'")
     else:
         labels, has_labels = np.full(n, IGNORE_LABEL, np.int64), False
     return Scene3D(coords.astype(np.float32), colors.astype(np.float32), labels, has_labels)
+
+
+def check_finite(array, where, what):
+    """Raise a FormatError naming ``where`` if ``array`` holds NaN or Inf (where they enter, not epochs later)."""
+    array = array.numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    if array.dtype.kind != 'f':
+        return
+    bad = ~np.isfinite(array)
+    if bad.any():
+        rows = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(1)) if array.ndim > 1 else np.flatnonzero(bad)
+        raise FormatError(f"{where}: {what} hold {int(bad.sum())} non-finite values (NaN or Inf) in {rows.size} "
+                          f"rows, e.g. row {int(rows[0])}; fix or regenerate the file")
+
+
+def check_labels(labels, num_classes, where):
+    """Labels must be class ids ``0..num_classes-1`` or IGNORE_LABEL."""
+    bad = (labels != IGNORE_LABEL) & ((labels < 0) | (labels >= num_classes))
+    if bad.any():
+        values = np.unique(labels[bad])
+        raise FormatError(f"{where}: {int(bad.sum())} labels are outside the label set (0..{num_classes - 1}, "
+                          f"{IGNORE_LABEL} = ignore), e.g. {values[:5].tolist()}; was the scene preprocessed for "
+                          f"another label set (labelset)?")
 
 
 def save_scene_3d(path, coords, colors, labels):
@@ -121,22 +168,42 @@ def feature_dim(feature_2d_extractor):
                      f"{sorted(FEATURE_DIMS)}")
 
 
-def fused_feature_files(feat_root, scene):
-    """Fused-feature files of one scene: ``<scene>.pt`` and/or ``<scene>_<k>.pt`` (k ascending)."""
-    paths = []
-    single = os.path.join(feat_root, scene + '.pt')
-    if os.path.isfile(single):
-        paths.append(single)
-    pattern = re.compile(re.escape(scene) + r'_(\d+)\.pt$')
-    numbered = []
-    for p in glob.glob(os.path.join(glob.escape(feat_root), glob.escape(scene) + '_*.pt')):
-        m = pattern.search(os.path.basename(p))
-        if m:
-            numbered.append((int(m.group(1)), p))
-    paths += [p for _, p in sorted(numbered)]
+_NUMBERED = re.compile(r'(.+)_(0|[1-9][0-9]*)')  # <stem>_<k>, k without leading zeros as OpenScene writes it
+_FEATURE_INDEX = {}
+
+
+def _feature_index(feat_root):
+    """{stem: [(k, file name)]} and the set of all names of a fused-feature folder, cached until the
+    folder changes (a ScanNet folder holds ~6,000 files, looked up once per scene)."""
+    key = (os.path.abspath(feat_root), os.stat(feat_root).st_mtime_ns)
+    if key not in _FEATURE_INDEX:
+        names = {n for n in os.listdir(feat_root) if n.endswith('.pt')}
+        numbered = {}
+        for name in names:
+            m = _NUMBERED.fullmatch(name[:-3])
+            if m:
+                numbered.setdefault(m.group(1), []).append((int(m.group(2)), name))
+        _FEATURE_INDEX.clear()  # one folder at a time is enough
+        _FEATURE_INDEX[key] = (names, numbered)
+    return _FEATURE_INDEX[key]
+
+
+def fused_feature_files(feat_root, scene, scenes=()):
+    """Fused-feature files of one scene: ``<scene>.pt`` and/or ``<scene>_<k>.pt`` (k ascending).
+
+    Names are matched exactly (the folder is listed, not globbed). ``scenes``: the names of all scenes
+    whose features may share the folder; a file ``<scene>_<k>.pt`` whose stem is itself one of them
+    belongs to that scene (scene 'room' never reads 'room_0.pt' of scene 'room_0').
+    """
+    if not os.path.isdir(feat_root):
+        raise FileNotFoundError(f"fused-feature folder '{feat_root}' does not exist; check data_root_2d_fused_feature")
+    names, numbered = _feature_index(feat_root)
+    paths = [os.path.join(feat_root, scene + '.pt')] if scene + '.pt' in names else []
+    paths += [os.path.join(feat_root, name) for _, name in sorted(numbered.get(scene, ()))
+              if name[:-3] not in scenes]
     if not paths:
         raise FileNotFoundError(f"no fused features for scene '{scene}' in '{feat_root}': expected "
-                                f"'{scene}.pt' or '{scene}_<k>.pt' (SPEC §3); check data_root_2d_fused_feature")
+                                f"'{scene}.pt' or '{scene}_<k>.pt'; check data_root_2d_fused_feature")
     return paths
 
 
@@ -166,29 +233,20 @@ def load_fused_features(path, num_points: Optional[int] = None, feat_dim: Option
     if feat_dim is not None and feat.shape[1] != feat_dim:
         raise FormatError(f"fused features '{path}': expected feature dimension {feat_dim} (from the config), "
                           f"found {feat.shape[1]}; check feature_2d_extractor / the feature folder")
-    return feat.half(), mask
+    feat = feat.half()
+    check_finite(feat, f"fused features '{path}'", "'feat' rows")  # float16: also catches overflow to Inf
+    return feat, mask
 
 
-def save_fused_features(path, feat, mask_full, source=None):
-    """Write ``{'feat': float16 [M, D], 'mask_full': bool [N]}`` (rows in ascending point order).
-
-    ``source`` (a string, optional) is stored beside them under 'source' to name what produced the
-    features (e.g. the ESS adapter's weights), so a rerun can tell a stale file from a finished one;
-    readers of the format ignore it."""
+def save_fused_features(path, feat, mask_full):
+    """Write ``{'feat': float16 [M, D], 'mask_full': bool [N]}`` (rows in ascending point order): exactly the
+    two keys of OpenScene's files, so its loader reads them (it treats more keys as a legacy format)."""
     feat = torch.as_tensor(feat).detach().cpu().half().contiguous()
     mask_full = torch.as_tensor(mask_full).detach().cpu().bool()
     if feat.shape[0] != int(mask_full.sum()):
         raise ValueError(f"cannot write '{path}': {feat.shape[0]} feature rows for {int(mask_full.sum())} masked points")
-    data = {'feat': feat, 'mask_full': mask_full}
-    if source is not None:
-        data['source'] = str(source)
-    atomic_torch_save(data, path)
-
-
-def fused_feature_source(path):
-    """The 'source' string a fused-feature file was written with, or None (OpenScene's files have none)."""
-    data = safe_torch_load(path, 'fused features')
-    return data.get('source') if isinstance(data, dict) else None
+    check_finite(feat, f"cannot write '{path}'", 'features')
+    atomic_torch_save({'feat': feat, 'mask_full': mask_full}, path)
 
 
 # ----------------------------------------------------------------------------- pseudo labels
@@ -218,12 +276,7 @@ def load_pseudo_labels(folder, scene, num_points: Optional[int] = None, with_pro
 
 
 def _load_npy(path, what, hint):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} '{path}' does not exist: {hint}")
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise FormatError(f"cannot read {what} '{path}': {err}") from err
+    return safe_np_load(path, what, hint)
 
 
 # ----------------------------------------------------------------------------- text embeddings
@@ -236,10 +289,20 @@ def load_text_embeddings(path, num_classes: Optional[int] = None, feat_dim: Opti
         raise FormatError(f"text embeddings '{path}': expected {num_classes} rows (one per class), found {emb.shape[0]}")
     if feat_dim is not None and emb.shape[1] != feat_dim:
         raise FormatError(f"text embeddings '{path}': expected dimension {feat_dim}, found {emb.shape[1]}")
-    emb = emb.astype(np.float32)
-    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return normalise_text_embeddings(emb, f"text embeddings '{path}'")
+
+
+def normalise_text_embeddings(emb, where):
+    """Rows L2-normalised, after checking that every row is finite and not zero (a zero row would score 0
+    against every feature and silently never win)."""
+    emb = np.asarray(emb, dtype=np.float32)
+    check_finite(emb, where, 'embeddings')
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    zero = np.flatnonzero(norms[:, 0] < 1e-8)
+    if zero.size:
+        raise FormatError(f"{where}: rows {zero[:5].tolist()} are zero vectors; every class needs an embedding")
+    return emb / norms
 
 
 def save_text_embeddings(path, emb):
-    emb = np.asarray(emb, dtype=np.float32)
-    atomic_np_save(path, emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12))
+    atomic_np_save(path, normalise_text_embeddings(emb, f"cannot write text embeddings '{path}'"))

@@ -341,11 +341,30 @@ def get_parser():
     return p
 
 
+def fusion_settings(args):
+    """The options that shape the fused features (recorded beside them, util/provenance.py)."""
+    ignored = ('overwrite', 'scenes', 'device', 'chunk_size', 'point_block_size', 'output_dir', 'data_root_3d')
+    return {'stage': 'fusion', **{k: v for k, v in vars(args).items() if k not in ignored}}
+
+
+def frame_input_files(frames, scene, args):
+    """Every file a scene's fusion reads besides its 3D scene: the RGB-D frames and, for precomputed
+    features, the feature maps."""
+    files = list(frames.files())
+    if args.feature_source == 'precomputed' and args.feature_dir:
+        scene_dir = os.path.join(args.feature_dir, scene)
+        if os.path.isdir(scene_dir):
+            files += [os.path.join(scene_dir, n) for n in os.listdir(scene_dir)]
+    return files
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     from tqdm import tqdm
     from dataset.formats import list_scenes, load_scene_3d, scene_name
     from util.misc import get_device
+    from util.provenance import OutputManifest, files_fingerprint
+    from util.run_folder import RunFolder
     args.device = str(get_device(args.device))
     paths = list_scenes(args.data_root_3d, args.split)
     if args.scenes:
@@ -354,39 +373,44 @@ def main(argv=None):
         missing = wanted - {scene_name(p) for p in paths}
         if missing:
             raise SystemExit(f'scenes not found in {args.data_root_3d}/{args.split}: {sorted(missing)}')
-    os.makedirs(args.output_dir, exist_ok=True)
     source = None
     done = skipped = 0
     failed = {}
-    bar = tqdm(paths, desc='fusion', unit='scene')
-    for path in bar:
-        scene = scene_name(path)
-        bar.set_postfix_str(scene)
-        outs = output_paths(args.output_dir, scene, args.num_files)
-        if not args.overwrite and all(os.path.isfile(o) for o in outs):
-            skipped += 1  # resumable: finished scenes are kept
-            continue
-        if source is None:
-            source = build_feature_source(args)  # built lazily: a finished run never loads the 2D model
-        points = load_scene_3d(path).coords
-        # a scene that cannot be fused is reported and skipped, so one bad scan does not stop a long run
-        try:
-            frames = scene_frames(args.dataset, args.data_root_2d, scene, args)
-            if len(frames) == 0:
-                raise FileNotFoundError(f"no RGB-D frames under '{args.data_root_2d}' (see the layout in --help)")
-            feat, mask = fuse_features(points, frames, source, depth_threshold=args.depth_threshold,
-                                       cut_bound=args.cut_bound, device=args.device, chunk_size=args.chunk_size,
-                                       point_block_size=args.point_block_size, progress=True)
-        except (FileNotFoundError, ValueError) as err:
-            failed[scene] = str(err)
-            tqdm.write(f'{scene}: skipped, {err}')
-            continue
-        save_scene_features(args.output_dir, scene, feat, mask, num_files=args.num_files,
-                            points_per_file=args.points_per_file, seed=args.seed)
-        done += 1
-        coverage = float(mask.float().mean())
-        tqdm.write(f'{scene}: {int(mask.sum())}/{mask.numel()} points covered ({coverage:.1%})'
-                   + ('  <- very low: check poses, intrinsics and depth units' if coverage < 0.05 else ''))
+    with RunFolder(args.output_dir, 'fusion'), OutputManifest(args.output_dir, 'fusion', fusion_settings(args)) as manifest:
+        bar = tqdm(paths, desc='fusion', unit='scene')
+        for path in bar:
+            scene = scene_name(path)
+            bar.set_postfix_str(scene)
+            outs = output_paths(args.output_dir, scene, args.num_files)
+            # a scene that cannot be fused is reported and skipped, so one bad scan does not stop a long run
+            try:
+                frames = scene_frames(args.dataset, args.data_root_2d, scene, args)
+                if len(frames) == 0:
+                    raise FileNotFoundError(f"no RGB-D frames under '{args.data_root_2d}' (see the layout in --help)")
+                inputs = {'frames': files_fingerprint(frame_input_files(frames, scene, args))}
+                current, why = manifest.check(scene, [path], outs, inputs)
+                if current and not args.overwrite:
+                    skipped += 1  # resumable: finished scenes are kept
+                    continue
+                if not args.overwrite and all(os.path.isfile(o) for o in outs):
+                    tqdm.write(f'{scene}: recomputing: {why}')
+                if source is None:
+                    source = build_feature_source(args)  # built lazily: a finished run never loads the 2D model
+                points = load_scene_3d(path).coords
+                feat, mask = fuse_features(points, frames, source, depth_threshold=args.depth_threshold,
+                                           cut_bound=args.cut_bound, device=args.device, chunk_size=args.chunk_size,
+                                           point_block_size=args.point_block_size, progress=True)
+            except (FileNotFoundError, ValueError) as err:
+                failed[scene] = str(err)
+                tqdm.write(f'{scene}: skipped, {err}')
+                continue
+            save_scene_features(args.output_dir, scene, feat, mask, num_files=args.num_files,
+                                points_per_file=args.points_per_file, seed=args.seed)
+            manifest.record(scene, [path], outs, inputs)
+            done += 1
+            coverage = float(mask.float().mean())
+            tqdm.write(f'{scene}: {int(mask.sum())}/{mask.numel()} points covered ({coverage:.1%})'
+                       + ('  <- very low: check poses, intrinsics and depth units' if coverage < 0.05 else ''))
     print(f'fused {done} scenes, skipped {skipped} already finished (use --overwrite to redo) -> {args.output_dir}')
     if failed:
         raise SystemExit(f'{len(failed)} scene(s) could not be fused: ' +

@@ -67,7 +67,8 @@ class Point3DLoader(torch.utils.data.Dataset):
 
     def __init__(self, datapath_prefix='data', voxel_size=0.05, split='train', aug=False, memcache_init=False,
                  identifier=1233, loop=1, data_aug_color_trans_ratio=0.1, data_aug_color_jitter_std=0.05,
-                 data_aug_hue_max=0.5, data_aug_saturation_max=0.2, eval_all=False, input_color=False, seed=None):
+                 data_aug_hue_max=0.5, data_aug_saturation_max=0.2, eval_all=False, input_color=False, seed=None,
+                 num_classes=None):
         super().__init__()
         if loop < 1:
             raise ValueError(f"loop must be >= 1, found {loop}")
@@ -81,6 +82,7 @@ class Point3DLoader(torch.utils.data.Dataset):
         self.eval_all = eval_all
         self.input_color = input_color
         self.seed = seed
+        self.num_classes = num_classes  # labels outside [0, num_classes) (other than 255) are an error
         self.epoch = 0
         self.voxelizer = Voxelizer(
             voxel_size=voxel_size, clip_bound=None, use_augmentation=True,
@@ -120,7 +122,8 @@ class Point3DLoader(torch.utils.data.Dataset):
         if index in self._cache:
             locs, colors, labels = self._cache[index]
             return locs.copy(), colors.copy(), labels.copy()
-        scene = load_scene_3d(self.data_paths[index])  # validates shapes / colour range, -100 -> 255
+        # validates shapes, finite values, colour range and labels; -100 -> 255
+        scene = load_scene_3d(self.data_paths[index], self.num_classes)
         colors = (scene.colors.astype(np.float64) + 1.0) * 127.5
         return scene.coords, colors, scene.labels
 

@@ -70,14 +70,14 @@ def test_checkpoint_round_trip_and_upstream_layouts(tmp_path):
     model(torch.ones(2, 4)).sum().backward()
     optimizer.step(), scheduler.step(), scheduler.step()
     save_best_and_last(str(tmp_path), True, model=model, optimizer=optimizer, scheduler=scheduler, epoch=3,
-                       best_metric=0.25, extra={'val_miou': [0.1, 0.25]})
+                       best_metric=0.25, best_epoch=3, extra={'val_miou': [0.1, 0.25]})
     assert sorted(os.listdir(tmp_path)) == ['best.pth', 'last.pth']
 
     fresh = EmbeddingAdapter(model.text_embeddings, feat_dim=4, reduction=4)
     opt2 = torch.optim.Adam(fresh.parameters(), lr=1e-2)
     sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=2, gamma=0.5)
     state = load_checkpoint(tmp_path / 'best.pth', fresh, opt2, sched2)
-    assert state == {'epoch': 3, 'best_metric': 0.25, 'extra': {'val_miou': [0.1, 0.25]}}
+    assert state == {'epoch': 3, 'best_metric': 0.25, 'best_epoch': 3, 'extra': {'val_miou': [0.1, 0.25]}}
     for k, v in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v)
     assert sched2.get_last_lr() == scheduler.get_last_lr() == [5e-3]
@@ -91,7 +91,8 @@ def test_checkpoint_round_trip_and_upstream_layouts(tmp_path):
     # upstream ESS layout with DataParallel prefixes
     upstream = {'epoch': 7, 'miou': 0.4, 'model_state_dict': {'module.' + k: v for k, v in model.state_dict().items()}}
     torch.save(upstream, tmp_path / 'best_model.pth')
-    assert load_checkpoint(tmp_path / 'best_model.pth', fresh) == {'epoch': 7, 'best_metric': 0.4, 'extra': {}}
+    assert load_checkpoint(tmp_path / 'best_model.pth', fresh) == {'epoch': 7, 'best_metric': 0.4, 'best_epoch': None,
+                                                                   'extra': {}}
 
 
 def test_checkpoint_mismatch_is_a_clear_error(tmp_path):

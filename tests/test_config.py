@@ -9,6 +9,7 @@ DATA:
   voxel_size: 0.02
   aug: True
   labelset: scannet
+  save_folder: out
 TRAIN:
   epochs: 100
   base_lr: 0.0001
@@ -36,13 +37,13 @@ def test_sections_flattened(cfg_path):
 
 def test_overrides_cast_to_yaml_type(cfg_path):
     cfg = load_config(['--config', cfg_path, 'epochs', '7', 'base_lr', '3', 'voxel_size', '5e-2', 'aug', 'False',
-                       'data_root', '/tmp/x 1', 'train_gpu', '[0, 1]', 'labelset', '12', 'manual_seed', '3',
+                       'data_root', '/tmp/x 1', 'train_gpu', '[0, 1]', 'save_folder', '12', 'manual_seed', '3',
                        'TRAIN.resume', 'exp/model.pth'])
     assert cfg.epochs == 7 and type(cfg.epochs) is int
     assert cfg.base_lr == 3.0 and type(cfg.base_lr) is float
     assert cfg.voxel_size == 0.05 and cfg.aug is False
     assert cfg.data_root == '/tmp/x 1' and cfg.train_gpu == [0, 1]
-    assert cfg.labelset == '12' and type(cfg.labelset) is str  # strings stay strings
+    assert cfg.save_folder == '12' and type(cfg.save_folder) is str  # strings stay strings
     assert cfg.manual_seed == 3 and cfg.resume == 'exp/model.pth'
     assert load_config(['--config', cfg_path, 'epochs', '4.0']).epochs == 4
     assert load_config(['--config', cfg_path, 'aug', '1']).aug is True

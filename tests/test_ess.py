@@ -170,9 +170,15 @@ def test_inference_writes_adapted_embeddings_in_fused_format(data, trained, tmp_
         for r in results[split].values():
             assert 0.0 < r['miou_all_points'] <= r['miou_covered'] <= 1.0
     # a rerun skips finished scenes (files untouched) and scores them identically
-    stamps = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out)}
+    def stamps():  # every file but the lock, which each run takes anew
+        return {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out) if f != '.lock'}
+    before = stamps()
     assert eval_openseg_pre_train.main(argv) == results
-    assert stamps == {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out)}
+    assert stamps() == before
+    # exactly the two keys of OpenScene's fused-feature files
+    for name in before:
+        if name.endswith('.pt'):
+            assert set(torch.load(os.path.join(out, name), weights_only=True)) == {'feat', 'mask_full'}
     # ESG reads them through its loader: the ESS embedding of every covered voxel
     from dataset.feature_loader import FusedFeatureLoader
     loader = FusedFeatureLoader(datapath_prefix=f'{root}/3d', datapath_prefix_feat=out, voxel_size=0.05,
@@ -186,7 +192,7 @@ def test_inference_writes_adapted_embeddings_in_fused_format(data, trained, tmp_
             p.add_(0.01)
     save_checkpoint(other, model=model, epoch=1, best_metric=0.0)
     eval_openseg_pre_train.main(argv + ['model_path', other])
-    assert all(os.stat(os.path.join(out, f)).st_mtime_ns != stamps[f] for f in stamps)
+    assert all(os.stat(os.path.join(out, f)).st_mtime_ns != before[f] for f in before if f.endswith('.pt'))
     scene = formats.scene_name(formats.list_scenes(f'{root}/3d', 'val')[0])
     raw, _ = formats.load_fused_features(f'{root}/feat/{scene}_0.pt')
     with torch.no_grad():

@@ -98,3 +98,40 @@ def test_ensemble_prefers_the_more_confident_feature():
     # a point without 2D feature keeps the 3D prediction
     logits = point_logits(voxel, inverse, text, fused, torch.tensor([False, True]))
     assert logits.argmax(1).tolist() == [0, 1]
+
+
+def test_results_of_another_checkpoint_are_never_mixed(trained, tmp_path):
+    """A rerun with the same checkpoint and settings rewrites its folder; another checkpoint is refused unless
+    overwrite True, which first deletes the earlier results."""
+    import evaluate
+    from util.run_folder import ExistingResultsError
+    root, data, _ = trained
+    out = str(tmp_path / 'results')
+    argv = eval_argv(root, data, out)
+    assert evaluate.main(argv)['miou'] == evaluate.main(argv)['miou']
+    moved = str(tmp_path / 'other.pth')
+    ckpt = torch.load(os.path.join(root, 'esg', 'last.pth'), weights_only=True)
+    ckpt['state_dict'] = {k: (v + 0.01 if v.is_floating_point() else v) for k, v in ckpt['state_dict'].items()}
+    torch.save(ckpt, moved)
+    with pytest.raises(ExistingResultsError, match=r"results.*holds results of model .*overwrite True"):
+        evaluate.main(eval_argv(root, data, out, model_path=moved))
+    evaluate.main(eval_argv(root, data, out, model_path=moved, overwrite=True))
+    from util.provenance import file_digest
+    manifest = json.load(open(os.path.join(out, 'eval_manifest.json')))
+    assert manifest['provenance']['model'] == file_digest(moved)['sha1']
+
+
+def test_nan_colour_in_a_val_scene_is_an_error_naming_it(trained, tmp_path):
+    import shutil
+    import evaluate
+    from dataset.formats import FormatError
+    root, data, _ = trained
+    copy = str(tmp_path / '3d')
+    shutil.copytree(os.path.join(root, '3d'), copy)
+    path = list_scenes(copy, 'val')[0]
+    coords, colors, labels = torch.load(path, weights_only=False)
+    colors[10] = np.nan
+    torch.save((coords, colors, labels), path)
+    argv = eval_argv(root, data, str(tmp_path / 'out')) + ['data_root', copy]
+    with pytest.raises(FormatError, match=rf"{os.path.basename(path)}.*colors hold 3 non-finite"):
+        evaluate.main(argv)

@@ -268,6 +268,14 @@ def test_cli_fuses_precomputed_features_and_resumes(tmp_path):
     assert os.path.getmtime(out) == mtime
     fusion_main(argv + ['--overwrite'])
     assert os.path.getmtime(out) >= mtime
+    # other settings or other frames make the finished scene stale: recomputed without --overwrite
+    mtime = os.stat(out).st_mtime_ns
+    fusion_main(argv + ['--depth_threshold', '0.1'])
+    assert os.stat(out).st_mtime_ns != mtime
+    mtime = os.stat(out).st_mtime_ns
+    np.save(os.path.join(tmp_path, 'feats', 'scene0001_00', '20.npy'), maps[20] * 2)
+    fusion_main(argv + ['--depth_threshold', '0.1'])
+    assert os.stat(out).st_mtime_ns != mtime
     # a scene without frames is reported at the end; the others are still fused
     formats.save_scene_3d(str(tmp_path / '3d' / 'train' / 'scene0002_00_vh_clean_2.pth'), points,
                           np.zeros_like(points), np.zeros(3, np.int64))

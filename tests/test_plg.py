@@ -163,14 +163,18 @@ def test_script_end_to_end_and_skip(tmp_path, capsys):
     # IoU of class k = covered/all points of k; unlabeled counted wrong
     assert on_disk['miou'] < 1 and on_disk['miou_upstream'] == pytest.approx(3 / C)
     assert 'mIoU' in capsys.readouterr().out
-    # rerun: finished scenes are skipped (their files untouched), overwrite redoes them
+    # rerun: finished scenes are skipped (their files untouched) ...
     first = out / 'scene0000_00_pred.npy'
+    stamp = first.stat().st_mtime_ns
+    again = gv.main(args_for(tmp_path, out, 'plg_per_point', 'True'))
+    assert again['written'] == 0 and again['skipped'] == 3 and first.stat().st_mtime_ns == stamp
+    # ... unless an output was changed behind PLG's back: only that scene is recomputed
     np.save(first, np.zeros(400, np.int64))
-    again = gv.main(args_for(tmp_path, out))
-    assert again['written'] == 0 and again['skipped'] == 3
-    assert (np.load(first) == 0).all()
+    again = gv.main(args_for(tmp_path, out, 'plg_per_point', 'True'))
+    assert again['written'] == 1 and again['skipped'] == 2 and (np.load(first) != 0).any()
+    assert "recomputing 'scene0000_00'" in capsys.readouterr().out
     redo = gv.main(args_for(tmp_path, out, 'overwrite', 'True'))
-    assert redo['written'] == 3 and (np.load(first) != 0).any()
+    assert redo['written'] == 3
 
 
 def test_scene_label_file_in_script(tmp_path):

@@ -1,21 +1,23 @@
 """Checkpoints for every training stage (ESS adapter, ESG network): one layout, atomic writes.
 
 A checkpoint is a dict
-    {'state_dict', 'optimizer', 'scheduler', 'epoch', 'best_metric', 'extra'}
+    {'state_dict', 'optimizer', 'scheduler', 'epoch', 'best_metric', 'best_epoch', 'extra'}
 where ``epoch`` is the number of finished epochs (training resumes at that epoch index, as OpenScene's
-``epoch_log``) and ``extra`` holds small plain values (config name, metric history). Written with
-``util/io.atomic_torch_save``, so an interrupted save never leaves a truncated ``last.pth``.
+``epoch_log``), ``best_epoch`` the epoch whose weights ``best.pth`` holds, and ``extra`` small plain
+values (config, metric history). Written with ``util/io.atomic_torch_save``, so an interrupted save never
+leaves a truncated ``last.pth``. ``last.pth`` is written first and then copied to ``best.pth``; a kill
+between the two leaves ``best.pth`` one best epoch behind, which ``repair_best`` mends when the run
+resumes (``last.pth`` then records that it is itself the best epoch).
 
 Readers also accept the upstream layouts: OpenScene's (``state_dict``, ``best_iou``) and 3DSS-VLG's
 ESS (``model_state_dict``, ``optimizer_state_dict``, ``miou``), and weights saved from a
 DistributedDataParallel model (``module.`` prefixes are stripped).
 """
 import os
-import shutil
 
 import torch
 
-from util.io import atomic_path, atomic_torch_save, safe_torch_load
+from util.io import atomic_copy, atomic_torch_save, safe_torch_load
 
 _MODEL_KEYS = ('state_dict', 'model_state_dict', 'model')
 _OPTIMIZER_KEYS = ('optimizer', 'optimizer_state_dict')
@@ -27,7 +29,8 @@ def unwrap_model(model):
     return model.module if hasattr(model, 'module') and isinstance(model.module, torch.nn.Module) else model
 
 
-def save_checkpoint(path, *, model, optimizer=None, scheduler=None, epoch, best_metric, extra=None):
+def save_checkpoint(path, *, model, optimizer=None, scheduler=None, epoch, best_metric, best_epoch=None,
+                    extra=None):
     """Write a checkpoint atomically (a crash mid-save keeps the previous file)."""
     state = {
         'state_dict': unwrap_model(model).state_dict(),
@@ -35,6 +38,7 @@ def save_checkpoint(path, *, model, optimizer=None, scheduler=None, epoch, best_
         'scheduler': scheduler.state_dict() if scheduler is not None else None,
         'epoch': int(epoch),
         'best_metric': float(best_metric),
+        'best_epoch': None if best_epoch is None else int(best_epoch),
         'extra': dict(extra) if extra else {},
     }
     atomic_torch_save(state, path)
@@ -43,14 +47,38 @@ def save_checkpoint(path, *, model, optimizer=None, scheduler=None, epoch, best_
 def save_best_and_last(save_path, is_best, **state):
     """Write ``<save_path>/last.pth`` and, if ``is_best``, copy it to ``<save_path>/best.pth``.
 
-    ``state`` are the keyword arguments of ``save_checkpoint``. Returns the path of last.pth.
+    ``state`` are the keyword arguments of ``save_checkpoint`` (``best_epoch``: the epoch ``best.pth`` holds
+    after this call). Returns the path of last.pth.
     """
     last = os.path.join(save_path, 'last.pth')
     save_checkpoint(last, **state)
     if is_best:
-        with atomic_path(os.path.join(save_path, 'best.pth')) as tmp:
-            shutil.copyfile(last, tmp)
+        atomic_copy(last, os.path.join(save_path, 'best.pth'))
     return last
+
+
+def repair_best(save_path, resume_path, resumed, log):
+    """Make ``best.pth`` hold the best epoch again after a kill between the writes of last.pth and best.pth.
+
+    ``resumed``: what ``load_checkpoint`` returned for ``resume_path``; only a resume from this folder's
+    own ``last.pth`` is considered. When last.pth is itself the best epoch and best.pth is missing or holds
+    another epoch, last.pth is copied over it. Returns True if it repaired something.
+    """
+    best_epoch, epoch = resumed.get('best_epoch'), resumed.get('epoch')
+    best = os.path.join(save_path, 'best.pth')
+    if best_epoch is None or os.path.realpath(resume_path) != os.path.realpath(os.path.join(save_path, 'last.pth')):
+        return False
+    held = safe_torch_load(best, 'checkpoint').get('epoch') if os.path.isfile(best) else None
+    if held == best_epoch:
+        return False
+    if best_epoch == epoch:
+        atomic_copy(os.path.join(save_path, 'last.pth'), best)
+        log(f"repaired '{best}': it held epoch {held} but the best epoch is {best_epoch} (a run was stopped between "
+            f"writing last.pth and best.pth); copied last.pth, which is that epoch")
+        return True
+    log(f"warning: '{best}' holds epoch {held}, but the best epoch was {best_epoch}; its weights are not "
+        f"in last.pth either (epoch {epoch}), so best.pth cannot be repaired")
+    return False
 
 
 def _strip_module_prefix(state_dict):
@@ -113,4 +141,5 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, map_location='c
     best = _first_key(ckpt, _METRIC_KEYS)
     return {'epoch': int(ckpt.get('epoch', 0)),
             'best_metric': float(best) if best is not None else float('-inf'),
+            'best_epoch': ckpt.get('best_epoch'),
             'extra': dict(ckpt.get('extra') or {})}

@@ -83,6 +83,15 @@ def all_reduce_sum(tensor):
     return tensor
 
 
+def any_rank(flag, device='cpu'):
+    """True if ``flag`` is true on any process (one process: the flag itself); every rank gets the answer."""
+    if not is_initialized():
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
 def all_reduce_mean(value, device='cpu'):
     """Mean of a python float over processes (e.g. the epoch loss); the value itself in one process."""
     if not is_initialized():

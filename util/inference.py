@@ -19,13 +19,14 @@ replaces the 3D one when its best cosine similarity to a text embedding is highe
 """
 import contextlib
 import functools
+import os
 import random
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dataset.formats import fused_feature_files, load_fused_features, scene_name
+from dataset.formats import all_scene_names, fused_feature_files, load_fused_features, scene_name
 from util import metric
 
 FEATURE_TYPES = ('distill', 'fusion', 'ensemble')
@@ -101,7 +102,8 @@ def point_logits(voxel_features, inverse, text_embeddings, fused=None, fused_mas
 
 def load_point_fused_features(feat_root, data_path, num_points, feat_dim):
     """Fused 2D features of every point of a scene -> (feat float32 [N, D] (zeros where uncovered), mask [N])."""
-    path = fused_feature_files(feat_root, scene_name(data_path))[0]
+    data_root = os.path.dirname(os.path.dirname(os.path.abspath(data_path)))  # <data_root>/<split>/<scene>.pth
+    path = fused_feature_files(feat_root, scene_name(data_path), all_scene_names(data_root))[0]
     feat, mask = load_fused_features(path, num_points=num_points, feat_dim=feat_dim)
     full = torch.zeros(num_points, feat.shape[1], dtype=torch.float32)
     full[mask] = feat.float()
@@ -136,8 +138,10 @@ def eval_dataset(cfg, split):
     """Every point of every scene of ``split``, with the voxeliser's inverse map: upstream's Point3DLoader with
     ``eval_all=True`` and ``aug=False`` (the voxeliser still rotates / scales at random, as upstream)."""
     from dataset.point_loader import Point3DLoader
+    from dataset.label_constants import dataset_info
     return Point3DLoader(datapath_prefix=cfg.data_root, voxel_size=cfg.voxel_size, split=split, aug=False,
-                         eval_all=True, input_color=cfg.input_color, seed=cfg.manual_seed)
+                         eval_all=True, input_color=cfg.input_color, seed=cfg.manual_seed,
+                         num_classes=dataset_info(cfg.labelset).num_classes)
 
 
 def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None, test_repeats=1, seed=0,

@@ -25,6 +25,13 @@ def get_device(name='auto'):
     return device
 
 
+def batch_scene_names(sampler, scene_name, batch_size):
+    """batch index -> the names of its scenes, from the order ``sampler`` gives this epoch (the samplers
+    here are deterministic per epoch), for error messages that name a batch's scenes."""
+    order = list(sampler)
+    return lambda i: [scene_name(j) for j in order[i * batch_size:(i + 1) * batch_size]]
+
+
 class AverageMeter:
     """Running mean of a scalar (loss, time per step)."""
 

@@ -37,11 +37,11 @@ def apply_template(class_names, template='', last_as_other=False):
     return prompts
 
 
-def _normalise(emb):
+def _normalise(emb, where='computed text embeddings'):
     """Row L2 normalisation done exactly as formats.load_text_embeddings does it, so that a freshly
-    computed result and its cached copy are bit-identical (the cache stores the raw output)."""
-    emb = np.asarray(emb, dtype=np.float32)
-    return torch.from_numpy(emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12))
+    computed result and its cached copy are bit-identical (the cache stores the raw output); NaN / Inf /
+    zero rows are errors."""
+    return torch.from_numpy(formats.normalise_text_embeddings(emb, where))
 
 
 @torch.no_grad()
@@ -150,7 +150,7 @@ def load_or_compute_text_embeddings(class_names, *, embeddings_path='', model_na
     if path:
         os.makedirs(cache_dir, exist_ok=True)
         atomic_np_save(path, raw.astype(np.float32))
-    return _normalise(raw)
+    return _normalise(raw, f"text embeddings of {model_name} ({pretrained or 'random weights'})")
 
 
 def text_embeddings_from_config(cfg, info, device='cpu'):

@@ -6,6 +6,9 @@ restricted to the scene-level label, give one pseudo label per 3D point.
 Writes ``<save_folder>/<scene>_pred.npy`` (int64 [N], ``num_classes`` = unlabeled) and
 ``<scene>_prob_pred.npy`` (float32 [N], the winning softmax probability; 0 for unlabeled points),
 then prints and writes ``<save_folder>/plg_summary.json`` (pseudo-label mIoU against GT, coverage).
+With ``overwrite False`` a rerun reuses a scene's files only when ``plg_manifest.jsonl`` says they came
+from the same 3D scene, fused features, scene tags, text embeddings and settings (``util/provenance.py``);
+any other scene is recomputed, and the log says why.
 
 Choices against upstream (vlm_ps_generation/generation_vlm.py + dataset/generation_featute_loader.py):
 - Upstream scores one representative point per 2 cm voxel and copies its label to every point of the
@@ -39,6 +42,8 @@ from util.config import load_config
 from util.io import atomic_write_text
 from util.metric import confusion_matrix, evaluate_confusion, format_table
 from util.misc import get_device
+from util.provenance import OutputManifest, array_digest, code_version, file_digest
+from util.run_folder import RunFolder
 from util.text_embeddings import text_embeddings_from_config
 from vlm_ps_generation.pseudo_labels import pseudo_labels_from_features, scene_label_mask
 
@@ -46,9 +51,17 @@ def load_scene_label_file(path, class_names, text_labels=()):
     """JSON {scene: [class names]} -> {scene: bool [C] mask}. Names may be label or text-label names."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"scene_label_file '{path}' does not exist")
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"scene_label_file '{path}': {twice[:3]} appear more than once; JSON keeps only the "
+                             f"last, so one scene's tags would be dropped silently: merge them into one entry")
+        return dict(pairs)
+
     with open(path) as f:
         try:
-            data = json.load(f)
+            data = json.load(f, object_pairs_hook=no_duplicates)
         except json.JSONDecodeError as err:
             raise ValueError(f"scene_label_file '{path}' is not valid JSON: {err}") from err
     if not isinstance(data, dict):
@@ -106,13 +119,41 @@ def plg_scene(coords, feat, mask_full, text_embeddings, scene_mask, *, voxel_siz
     return vox_labels[inverse], vox_probs[inverse]
 
 
-def scene_feature_path(feat_root, scene):
+def scene_feature_path(feat_root, scene, scenes=()):
     """The fused-feature file PLG reads: the first of ``<scene>_<k>.pt`` (upstream's offset 0)."""
-    files = formats.fused_feature_files(feat_root, scene)
+    files = formats.fused_feature_files(feat_root, scene, scenes)
     if len(files) > 1:
         tqdm.write(f"warning: scene '{scene}' has {len(files)} fused-feature files in '{feat_root}'; PLG reads only "
                    f"'{os.path.basename(files[0])}' (as upstream), so points outside that file get 'unlabeled'")
     return files[0]
+
+
+# bump when a change of this stage changes the pseudo labels it writes: older outputs are then recomputed
+PLG_VERSION = 1
+
+
+def plg_settings(cfg, text, scene_label_file):
+    """What shapes every scene's pseudo labels, recorded beside them (util/provenance.py)."""
+    return {'stage': 'plg', 'version': PLG_VERSION, 'labelset': cfg.labelset, 'split': cfg.split,
+            'voxel_size': cfg.voxel_size, 'plg_per_point': cfg.plg_per_point,
+            'text_embeddings': array_digest(np.asarray(text, np.float32)),
+            'scene_tags': 'scene_label_file' if scene_label_file else 'GT labels of each scene'}
+
+
+def scene_tags_of(scene, path, pt, scene_labels, cfg, info):
+    """The scene-level label (bool [C]) of one scene: from the tag file, or from its GT labels (upstream)."""
+    if scene_labels is not None:
+        if scene not in scene_labels:
+            raise KeyError(f"scene '{scene}' is missing from scene_label_file '{cfg.scene_label_file}'")
+        return scene_labels[scene]
+    if not pt.has_labels:
+        raise ValueError(f"3D scene '{path}' has no labels, so its scene-level label cannot be read "
+                         f"from GT: give scene_label_file (JSON {{scene: [class names]}})")
+    scene_mask = scene_label_mask(pt.labels, info.num_classes)
+    if not scene_mask.any():
+        tqdm.write(f"warning: 3D scene '{path}' has no labelled point (all {IGNORE_LABEL}), so its "
+                   f"scene-level label is empty: every point gets 'unlabeled'")
+    return scene_mask
 
 
 def run(cfg):
@@ -121,7 +162,6 @@ def run(cfg):
     save_folder = cfg.save_folder
     if not save_folder:
         raise ValueError('save_folder is empty: give the folder for the pseudo labels (save_folder <dir>)')
-    os.makedirs(save_folder, exist_ok=True)
     feat_dim = cfg.feat_dim or formats.feature_dim(cfg.feature_2d_extractor)
     text = text_embeddings_from_config(cfg, info, device=device)
     if feat_dim is not None and text.shape[1] != feat_dim:
@@ -133,61 +173,62 @@ def run(cfg):
         scene_labels = load_scene_label_file(cfg.scene_label_file, info.labels, info.text_labels)
 
     paths = formats.list_scenes(cfg.data_root, cfg.split)
+    all_scenes = formats.all_scene_names(cfg.data_root)
     # scenes are scored one at a time and summed into a confusion matrix (ScanNet train has ~1e8 points)
     conf = np.zeros((info.num_classes + 1, info.num_classes + 1), np.int64)
     n_points = n_covered = n_with_gt = n_written = n_skipped = 0
-    for path in tqdm(paths, desc='PLG', unit='scene', file=sys.stdout):
-        scene = formats.scene_name(path)
-        pt = formats.load_scene_3d(path)
-        label_path, _ = formats.pseudo_label_paths(save_folder, scene)
-        if os.path.isfile(label_path) and not cfg.overwrite:
-            pred = formats.load_pseudo_labels(save_folder, scene, num_points=pt.coords.shape[0])
-            n_skipped += 1
-        else:
-            if scene_labels is not None:
-                if scene not in scene_labels:
-                    raise KeyError(f"scene '{scene}' is missing from scene_label_file '{cfg.scene_label_file}'")
-                scene_mask = scene_labels[scene]
+    with RunFolder(save_folder, 'PLG'), OutputManifest(save_folder, 'plg', plg_settings(cfg, text, scene_labels)) as manifest:
+        for path in tqdm(paths, desc='PLG', unit='scene', file=sys.stdout):
+            scene = formats.scene_name(path)
+            pt = formats.load_scene_3d(path, info.num_classes)
+            scene_mask = scene_tags_of(scene, path, pt, scene_labels, cfg, info)
+            tags = {'tags': [info.labels[c] for c in np.flatnonzero(scene_mask)]}
+            feat_path = scene_feature_path(cfg.data_root_2d_fused_feature, scene, all_scenes)
+            outputs = formats.pseudo_label_paths(save_folder, scene)
+            current, why = manifest.check(scene, [path, feat_path], outputs, tags)
+            if current and not cfg.overwrite:
+                pred = formats.load_pseudo_labels(save_folder, scene, num_points=pt.coords.shape[0])
+                n_skipped += 1
             else:
-                if not pt.has_labels:
-                    raise ValueError(f"3D scene '{path}' has no labels, so its scene-level label cannot be read "
-                                     f"from GT: give scene_label_file (JSON {{scene: [class names]}})")
-                scene_mask = scene_label_mask(pt.labels, info.num_classes)
-                if not scene_mask.any():
-                    tqdm.write(f"warning: 3D scene '{path}' has no labelled point (all {IGNORE_LABEL}), so its "
-                               f"scene-level label is empty: every point gets 'unlabeled'")
-            feat, mask_full = formats.load_fused_features(scene_feature_path(cfg.data_root_2d_fused_feature, scene),
-                                                          num_points=pt.coords.shape[0], feat_dim=feat_dim)
-            pred, prob = plg_scene(pt.coords, feat, mask_full.numpy(), text, scene_mask,
-                                   voxel_size=cfg.voxel_size, per_point=cfg.plg_per_point,
-                                   chunk_size=cfg.chunk_size, device=device)
-            formats.save_pseudo_labels(save_folder, scene, pred, prob)
-            n_written += 1
-        if pt.has_labels:
-            conf += confusion_matrix(pred, pt.labels, info.num_classes)
-            n_points += pred.shape[0]
-            n_covered += int((pred < info.num_classes).sum())
-            n_with_gt += 1
+                if not cfg.overwrite and os.path.exists(outputs[0]):
+                    tqdm.write(f"PLG: recomputing '{scene}': {why}")
+                feat, mask_full = formats.load_fused_features(feat_path, num_points=pt.coords.shape[0],
+                                                              feat_dim=feat_dim)
+                pred, prob = plg_scene(pt.coords, feat, mask_full.numpy(), text, scene_mask,
+                                       voxel_size=cfg.voxel_size, per_point=cfg.plg_per_point,
+                                       chunk_size=cfg.chunk_size, device=device)
+                formats.save_pseudo_labels(save_folder, scene, pred, prob)
+                manifest.record(scene, [path, feat_path], outputs, tags)
+                n_written += 1
+            if pt.has_labels:
+                conf += confusion_matrix(pred, pt.labels, info.num_classes)
+                n_points += pred.shape[0]
+                n_covered += int((pred < info.num_classes).sum())
+                n_with_gt += 1
 
-    summary = {'split': cfg.split, 'num_scenes': len(paths), 'written': n_written, 'skipped': n_skipped,
-               'save_folder': save_folder}
-    if n_with_gt:
-        res = evaluate_confusion(conf, info.labels, no_feature_in_iou=True)
-        res_upstream = evaluate_confusion(conf, info.labels, no_feature_in_iou=False)
-        summary.update({
-            'miou': res['miou'], 'macc': res['macc'], 'miou_present': res['miou_present'],
-            'miou_upstream': res_upstream['miou'],
-            'coverage': n_covered / max(n_points, 1),
-            'num_points': n_points,
-            'iou': {n: (None if np.isnan(v) else float(v)) for n, v in zip(info.labels, res['iou'])},
-        })
-        print(format_table(res))
-        print(f"PLG: pseudo-label mIoU {100 * res['miou']:.2f} (unlabeled counted wrong), "
-              f"coverage {100 * summary['coverage']:.2f}% of {summary['num_points']} points, "
-              f"{len(paths)} scenes ({n_written} written, {n_skipped} already done)")
-    else:
-        print(f"PLG: {len(paths)} scenes ({n_written} written, {n_skipped} already done); no GT for mIoU")
-    atomic_write_text(os.path.join(save_folder, 'plg_summary.json'), json.dumps(summary, indent=2))
+        summary = {'split': cfg.split, 'num_scenes': len(paths), 'written': n_written, 'skipped': n_skipped,
+                   'save_folder': save_folder,
+                   'provenance': {'settings': manifest.settings, 'code': code_version(),
+                                  'scene_label_file': cfg.scene_label_file or None,
+                                  'scene_label_file_sha1': (file_digest(cfg.scene_label_file)['sha1']
+                                                            if cfg.scene_label_file else None)}}
+        if n_with_gt:
+            res = evaluate_confusion(conf, info.labels, no_feature_in_iou=True)
+            res_upstream = evaluate_confusion(conf, info.labels, no_feature_in_iou=False)
+            summary.update({
+                'miou': res['miou'], 'macc': res['macc'], 'miou_present': res['miou_present'],
+                'miou_upstream': res_upstream['miou'],
+                'coverage': n_covered / max(n_points, 1),
+                'num_points': n_points,
+                'iou': {n: (None if np.isnan(v) else float(v)) for n, v in zip(info.labels, res['iou'])},
+            })
+            print(format_table(res))
+            print(f"PLG: pseudo-label mIoU {100 * res['miou']:.2f} (unlabeled counted wrong), "
+                  f"coverage {100 * summary['coverage']:.2f}% of {summary['num_points']} points, "
+                  f"{len(paths)} scenes ({n_written} written, {n_skipped} already done)")
+        else:
+            print(f"PLG: {len(paths)} scenes ({n_written} written, {n_skipped} already done); no GT for mIoU")
+        atomic_write_text(os.path.join(save_folder, 'plg_summary.json'), json.dumps(summary, indent=2))
     return summary
 
 

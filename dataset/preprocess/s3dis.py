@@ -100,7 +100,7 @@ def process_room(room_dir):
     """One room folder -> (coords float32 [N,3], colors float32 [N,3] in [-1,1], labels int64 [N])."""
     ann_dir = os.path.join(room_dir, 'Annotations')
     files = []
-    for path in sorted(glob.glob(os.path.join(ann_dir, '*.txt'))):
+    for path in sorted(glob.glob(os.path.join(glob.escape(ann_dir), '*.txt'))):
         if _ANNOTATION_NAME.match(os.path.basename(path)):
             files.append(path)
         else:  # e.g. the duplicate 'Area_5/office_36/Annotations/wall_3 (1).txt' of the release
@@ -125,8 +125,8 @@ def room_scene_name(area, room):
 def list_rooms(s3dis_root):
     """[(area 'Area_5', room 'office_1', path)] sorted; an error when nothing matches the layout."""
     rooms = []
-    for area_dir in sorted(glob.glob(os.path.join(s3dis_root, 'Area_*'))):
-        for room_dir in sorted(glob.glob(os.path.join(area_dir, '*'))):
+    for area_dir in sorted(glob.glob(os.path.join(glob.escape(s3dis_root), 'Area_*'))):
+        for room_dir in sorted(glob.glob(os.path.join(glob.escape(area_dir), '*'))):
             if os.path.isdir(os.path.join(room_dir, 'Annotations')):
                 rooms.append((os.path.basename(area_dir), os.path.basename(room_dir), room_dir))
     if not rooms:
@@ -209,13 +209,13 @@ class Stanford2D3DSFrames:
             raise ValueError(f"S3DIS scene '{scene}': expected 'Area_<n>_<room>'")
         area, self.room = m.group(1), m.group(2)
         n = area_number(area)
-        area_dirs = [d for d in sorted(glob.glob(os.path.join(root, f'area_{n}*')))
+        area_dirs = [d for d in sorted(glob.glob(os.path.join(glob.escape(root), f'area_{n}*')))
                      if re.fullmatch(rf'area_{n}[ab]?', os.path.basename(d))]
         if not area_dirs:
             raise FileNotFoundError(f"2D-3D-S: no folder area_{n} (or area_{n}a/area_{n}b) under '{root}'")
         self.poses: List[str] = []
         for d in area_dirs:
-            for path in sorted(glob.glob(os.path.join(d, 'data', 'pose', '*.json'))):
+            for path in sorted(glob.glob(os.path.join(glob.escape(os.path.join(d, 'data', 'pose')), '*.json'))):
                 fm = _FRAME_NAME.match(os.path.basename(path))
                 if fm and fm.group('room') == self.room:
                     self.poses.append(path)
@@ -226,6 +226,10 @@ class Stanford2D3DSFrames:
 
     def __len__(self):
         return len(self.poses)
+
+    def files(self):
+        """Every file the frames are read from (pose, colour, depth), for provenance."""
+        return [p for pose in self.poses for p in (pose, self._sibling(pose, 'rgb'), self._sibling(pose, 'depth'))]
 
     @staticmethod
     def _sibling(pose_path, domain):

@@ -296,7 +296,7 @@ class ScanNetFrames:
         if not os.path.isdir(color_dir):
             raise FileNotFoundError(f"no exported frames for scene '{self.scene}': '{color_dir}' does not exist "
                                     f"(run python -m dataset.preprocess.scannet frames first)")
-        names = [os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(color_dir, '*.jpg'))]
+        names = [os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(glob.escape(color_dir), '*.jpg'))]
         self.frame_ids = sorted(names, key=lambda s: (int(s) if s.isdigit() else float('inf'), s))[::frame_skip]
         if isinstance(intrinsic, str) and intrinsic == 'scene':
             intrinsic = np.loadtxt(os.path.join(scene_dir, 'intrinsic', 'intrinsic_depth.txt'))
@@ -305,6 +305,13 @@ class ScanNetFrames:
 
     def __len__(self):
         return len(self.frame_ids)
+
+    def files(self):
+        """Every file the frames are read from (colour, depth, pose, intrinsics), for provenance."""
+        paths = [os.path.join(self.scene_dir, sub, fid + ext) for fid in self.frame_ids
+                 for sub, ext in (('color', '.jpg'), ('depth', '.png'), ('pose', '.txt'))]
+        intrinsic = os.path.join(self.scene_dir, 'intrinsic', 'intrinsic_depth.txt')
+        return paths + ([intrinsic] if os.path.isfile(intrinsic) else [])
 
     def __iter__(self) -> Iterator[FrameData]:
         from PIL import Image
