@@ -1,4 +1,4 @@
-"""Data for the Embeddings Specialization Stage (paper §3.3, SPEC §2.2).
+"""Data for the Embeddings Specialization Stage (paper §3.3).
 
 ESS sees only the points that some view covers (rows of the fused-feature file). Per scene:
 - training: the fused features of the covered points with their PLG pseudo labels (``ESSPointDataset``
@@ -11,9 +11,10 @@ Randomness is a pure function of (seed, epoch, scene index): ``set_epoch`` picks
 drawn do not depend on worker processes or on how many epochs ran before, and a resumed run draws
 exactly what an uninterrupted run draws. ``EpochShuffleSampler`` does the same for the scene order.
 
-Upstream reads ``<scene>_0.pt``; we read the first file of ``formats.fused_feature_files`` (``<scene>.pt``
-if present, else ``<scene>_0.pt``), so 3DSS-VLG's own single-file fusion and OpenScene's ``_0`` file
-both work.
+Every fused-feature file of a scene is read and merged (``formats.load_scene_fused_features``): 3DSS-VLG's
+own fusion writes one full file per scene, which is read as it is; OpenScene's released train features
+are five random 20k-point subsets per scene, whose union is what ESS trains on and adapts (upstream's
+ESS read a single file, which on that release would see at most 20k points of a ~150k-point scene).
 """
 import os
 
@@ -23,11 +24,6 @@ from torch.utils.data import Dataset, Sampler
 
 from dataset import formats
 from dataset.label_constants import IGNORE_LABEL
-
-
-def scene_feature_file(feat_root, scene, scenes=()):
-    """The fused-feature file ESS reads for ``scene`` (see module docstring)."""
-    return formats.fused_feature_files(feat_root, scene, scenes)[0]
 
 
 def _validate_pseudo_labels(labels, folder, scene, num_classes):
@@ -57,9 +53,9 @@ class _SceneReader:
         scene = self.scenes[index]
         scene_3d = formats.load_scene_3d(self.scene_paths[index], self.num_classes)
         n = scene_3d.coords.shape[0]
-        feat_path = scene_feature_file(self.feat_root, scene, self.all_scenes)
-        feat, mask = formats.load_fused_features(feat_path, num_points=n, feat_dim=self.feat_dim)
-        item = {'scene': scene, 'feat_path': feat_path, 'feat': feat, 'mask_full': mask,
+        feat_paths = formats.fused_feature_files(self.feat_root, scene, self.all_scenes)
+        feat, mask = formats.load_scene_fused_features(feat_paths, num_points=n, feat_dim=self.feat_dim)
+        item = {'scene': scene, 'feat_paths': feat_paths, 'feat': feat, 'mask_full': mask,
                 'gt': scene_3d.labels, 'has_labels': scene_3d.has_labels}
         if self.pseudo_label_path is not None:
             pseudo = formats.load_pseudo_labels(self.pseudo_label_path, scene, num_points=n)
@@ -112,7 +108,7 @@ class ESSPointDataset(Dataset):
         mask = item['mask_full'].numpy()
         covered = int(mask.sum())
         if covered == 0:
-            raise formats.FormatError(f"fused features '{item['feat_path']}' cover no point of scene "
+            raise formats.FormatError(f"fused features {item['feat_paths']} cover no point of scene "
                                       f"'{item['scene']}'; ESS has nothing to learn from it: remove the scene")
         if self.label_source == 'pseudo':
             labels = item['pseudo'][mask]
@@ -129,7 +125,7 @@ class ESSPointDataset(Dataset):
 class ESSSceneDataset(Dataset):
     """Every covered point of a scene, for validation and inference (batch size 1, ``collate_scene``).
 
-    Item: dict(scene, feat_path, feat float16 [M, D], mask_full bool [N], gt int64 [N], has_labels).
+    Item: dict(scene, feat_paths, feat float16 [M, D], mask_full bool [N], gt int64 [N], has_labels).
     """
 
     def __init__(self, data_root, split, feat_root, num_classes, *, feat_dim=None, cache=False):

@@ -238,6 +238,43 @@ def load_fused_features(path, num_points: Optional[int] = None, feat_dim: Option
     return feat, mask
 
 
+# two files of one scene store the same fused feature of a point in float16: they agree to float16 rounding
+MERGE_RTOL, MERGE_ATOL = 2 ** -9, 2 ** -14
+
+
+def load_scene_fused_features(paths, num_points: Optional[int] = None, feat_dim: Optional[int] = None):
+    """All fused-feature files of one scene merged -> (feat float16 [M, D], mask_full bool [N]).
+
+    OpenScene's released train features are five files per scene, each a random subset of about 20,000 of
+    the points some view sees; the union of their masks is what is known about the scene. Where two files
+    cover the same point their features must agree (to float16 rounding): files of two different fusions
+    are an error naming both, not a silent mix. One file is returned as it is.
+    """
+    paths = list(paths)
+    feat, mask = load_fused_features(paths[0], num_points=num_points, feat_dim=feat_dim)
+    if len(paths) == 1:
+        return feat, mask
+    full = torch.zeros(mask.shape[0], feat.shape[1], dtype=torch.float16)
+    owner = torch.full((mask.shape[0],), -1, dtype=torch.long)  # which file gave a point its feature
+    for k, path in enumerate(paths):
+        if k:
+            feat, mask = load_fused_features(path, num_points=owner.shape[0], feat_dim=full.shape[1])
+        rows = mask.nonzero()[:, 0]
+        seen = owner[rows] >= 0
+        if seen.any():
+            a, b = full[rows[seen]].float(), feat[seen].float()
+            bad = ~torch.isclose(a, b, rtol=MERGE_RTOL, atol=MERGE_ATOL).all(1)
+            if bad.any():
+                point = int(rows[seen][bad][0])
+                raise FormatError(f"fused features '{paths[int(owner[point])]}' and '{path}' of the same scene disagree "
+                                  f"at {int(bad.sum())} of the {int(seen.sum())} points both cover (e.g. point {point}): "
+                                  f"they come from different fusions; keep the files of one fusion in the folder")
+        full[rows] = feat
+        owner[rows] = k
+    mask = owner >= 0
+    return full[mask], mask
+
+
 def save_fused_features(path, feat, mask_full):
     """Write ``{'feat': float16 [M, D], 'mask_full': bool [N]}`` (rows in ascending point order): exactly the
     two keys of OpenScene's files, so its loader reads them (it treats more keys as a legacy format)."""

@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset.formats import fused_feature_files, list_scenes, load_fused_features, scene_name  # noqa: E402
+from dataset.formats import fused_feature_files, list_scenes, load_scene_fused_features, scene_name  # noqa: E402
 from util.config import load_cfg_from_cfg_file  # noqa: E402
 from util.visualize import learning_curve_png  # noqa: E402
 
@@ -35,7 +35,7 @@ def read_json(path, stage):
 def coverage(data_root, split, feat_root):
     covered = total = 0
     for path in list_scenes(data_root, split):
-        _, mask = load_fused_features(fused_feature_files(feat_root, scene_name(path))[0])
+        _, mask = load_scene_fused_features(fused_feature_files(feat_root, scene_name(path)))
         covered, total = covered + int(mask.sum()), total + int(mask.numel())
     return covered / max(total, 1)
 

@@ -209,10 +209,11 @@ def test_plg_recomputes_after_tags_voxel_size_or_scoring_changed(tmp_path, capsy
     # GT tags instead of the file, another voxel size, per-point scoring: all stale
     for extra in ([], ['voxel_size', '0.5'], ['plg_per_point', 'True']):
         assert gv.main(plg_args(tmp_path, out, *extra))['written'] == 2, extra
-    # an input file replaced under the same name
-    feat_path = tmp_path / 'feat' / 'scene0001_00_0.pt'
-    feat, mask = formats.load_fused_features(feat_path)
-    formats.save_fused_features(feat_path, -feat, mask)
+    # input files replaced under the same names (a new fusion)
+    for k in (0, 1):
+        feat_path = tmp_path / 'feat' / f'scene0001_00_{k}.pt'
+        feat, mask = formats.load_fused_features(feat_path)
+        formats.save_fused_features(feat_path, -feat, mask)
     assert gv.main(plg_args(tmp_path, out, 'plg_per_point', 'True'))['written'] == 1
 
 
@@ -283,11 +284,11 @@ def test_bad_text_embeddings_name_the_file(tmp_path):
 
 def test_plg_with_nan_features_fails_naming_the_file(tmp_path):
     make_plg_data(tmp_path, n_scenes=2)
-    feat_path = tmp_path / 'feat' / 'scene0001_00_0.pt'
+    feat_path = tmp_path / 'feat' / 'scene0001_00_1.pt'
     feat, mask = formats.load_fused_features(feat_path)
     feat[5] = float('nan')
     torch.save({'feat': feat, 'mask_full': mask}, feat_path)
-    with pytest.raises(formats.FormatError, match=r'scene0001_00_0\.pt.*non-finite'):
+    with pytest.raises(formats.FormatError, match=r'scene0001_00_1\.pt.*non-finite'):
         gv.main(plg_args(tmp_path, tmp_path / 'plg'))
 
 

@@ -128,9 +128,13 @@ def make_dataset(root, n_scenes=3, n=400, d=768, seed=0):
         feat = text[gt[mask]] * 20 + rng.normal(size=(mask.sum(), d)).astype(np.float32) * 0.01
         formats.save_scene_3d(root / 'data_3d' / 'train' / f'{scene}_vh_clean_2.pth', coords,
                               np.zeros_like(coords), gt)
-        formats.save_fused_features(root / 'feat' / f'{scene}_0.pt', torch.from_numpy(feat), torch.from_numpy(mask))
-        # a second fusion run that must be ignored (we use _0.pt)
-        formats.save_fused_features(root / 'feat' / f'{scene}_1.pt', -torch.from_numpy(feat), torch.from_numpy(mask))
+        # two files, as OpenScene's release splits a scene: random subsets of the covered points that overlap
+        full = np.zeros((n, d), np.float32)
+        full[mask] = feat
+        for k in range(2):
+            part = mask & (rng.random(n) < 0.7)
+            formats.save_fused_features(root / 'feat' / f'{scene}_{k}.pt', torch.from_numpy(full[part]),
+                                        torch.from_numpy(part))
     return text
 
 
@@ -150,7 +154,7 @@ def test_script_end_to_end_and_skip(tmp_path, capsys):
     for s in range(3):
         scene = f'scene{s:04d}_00'
         pt = formats.load_scene_3d(tmp_path / 'data_3d' / 'train' / f'{scene}_vh_clean_2.pth')
-        _, mask = formats.load_fused_features(tmp_path / 'feat' / f'{scene}_0.pt')
+        _, mask = formats.load_scene_fused_features(formats.fused_feature_files(str(tmp_path / 'feat'), scene))
         lab, prob = formats.load_pseudo_labels(str(out), scene, num_points=400, with_probs=True)
         assert lab.dtype == np.int64 and prob.dtype == np.float32
         mask = mask.numpy()

@@ -202,6 +202,8 @@ VALUE_RULES = {
     'labelset': (_labelset, 'a known label set (scannet, s3dis)'),
     'arch_3d': (_arch, 'a MinkUNet architecture name such as MinkUNet18A'),
     'manual_seed': (lambda v: v is None or _non_negative_int(v), 'an integer >= 0'),
+    'prompt_template': (lambda v: isinstance(v, str) and (v in ('', 'none', 'upstream') or '{}' in v),
+                        "'upstream', 'none' or a template with '{}' where the class name goes"),
 }
 
 

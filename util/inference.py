@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dataset.formats import all_scene_names, fused_feature_files, load_fused_features, scene_name
+from dataset.formats import all_scene_names, fused_feature_files, load_scene_fused_features, scene_name
 from util import metric
 
 FEATURE_TYPES = ('distill', 'fusion', 'ensemble')
@@ -101,10 +101,11 @@ def point_logits(voxel_features, inverse, text_embeddings, fused=None, fused_mas
 
 
 def load_point_fused_features(feat_root, data_path, num_points, feat_dim):
-    """Fused 2D features of every point of a scene -> (feat float32 [N, D] (zeros where uncovered), mask [N])."""
+    """Fused 2D features of every point of a scene (all its files merged) -> (feat float32 [N, D] (zeros where
+    uncovered), mask [N])."""
     data_root = os.path.dirname(os.path.dirname(os.path.abspath(data_path)))  # <data_root>/<split>/<scene>.pth
-    path = fused_feature_files(feat_root, scene_name(data_path), all_scene_names(data_root))[0]
-    feat, mask = load_fused_features(path, num_points=num_points, feat_dim=feat_dim)
+    paths = fused_feature_files(feat_root, scene_name(data_path), all_scene_names(data_root))
+    feat, mask = load_scene_fused_features(paths, num_points=num_points, feat_dim=feat_dim)
     full = torch.zeros(num_points, feat.shape[1], dtype=torch.float32)
     full[mask] = feat.float()
     return full, mask

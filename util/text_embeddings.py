@@ -21,16 +21,27 @@ from util.io import atomic_np_save
 _CACHE_VERSION = 1
 
 
+# named prompt templates; any other value must be a template with '{}' where the class name goes
+PROMPT_TEMPLATES = {
+    'none': '',                     # the bare class names: upstream's PLG (its prompt_eng False)
+    'upstream': 'a {} in a scene',  # upstream's prompt engineering (prompt_eng True in its evaluation config,
+                                    # behind the reference ScanNet numbers), the last class as 'other'
+}
+
+
 def apply_template(class_names, template='', last_as_other=False):
-    """'a {} in a scene' -> one prompt per class; an empty template keeps the bare names (upstream).
+    """One prompt per class: ``template`` is 'none' / '' (the bare names), 'upstream' ('a {} in a scene') or a
+    custom template with '{}'.
 
     ``last_as_other``: with a template, the last class is prompted as the bare word 'other', as upstream's
     ``extract_text_feature`` does for ScanNet ('otherfurniture') and S3DIS ('clutter').
     """
+    template = PROMPT_TEMPLATES.get(template, template)
     if not template:
         return list(class_names)
     if '{}' not in template:
-        raise ValueError(f"prompt_template '{template}' must contain '{{}}' where the class name goes")
+        raise ValueError(f"prompt_template '{template}' must be 'upstream', 'none' or a template with '{{}}' where "
+                         f"the class name goes (e.g. 'a {{}} in a scene')")
     prompts = [template.format(name) for name in class_names]
     if last_as_other and prompts:
         prompts[-1] = 'other'

@@ -1,10 +1,11 @@
-"""Pseudo-label generation (PLG, paper §3.2, SPEC §2.1): fused 2D VLM features x CLIP text embeddings,
+"""Pseudo-label generation (PLG, paper §3.2): fused 2D VLM features x CLIP text embeddings,
 restricted to the scene-level label, give one pseudo label per 3D point.
 
     PYTHONPATH=. python vlm_ps_generation/generation_vlm.py --config vlm_ps_generation/config/demo.yaml [key value ...]
 
 Writes ``<save_folder>/<scene>_pred.npy`` (int64 [N], ``num_classes`` = unlabeled) and
-``<scene>_prob_pred.npy`` (float32 [N], the winning softmax probability; 0 for unlabeled points),
+``<scene>_prob_pred.npy`` (float32 [N], the winning softmax probability; 0 for unlabeled points, where
+upstream writes float16 and 1/C, the softmax of a zero feature: see the README),
 then prints and writes ``<save_folder>/plg_summary.json`` (pseudo-label mIoU against GT, coverage).
 With ``overwrite False`` a rerun reuses a scene's files only when ``plg_manifest.jsonl`` says they came
 from the same 3D scene, fused features, scene tags, text embeddings and settings (``util/provenance.py``);
@@ -18,14 +19,14 @@ Choices against upstream (vlm_ps_generation/generation_vlm.py + dataset/generati
   this stage, which only reshuffles which point represents a voxel and makes the labels
   non-reproducible. ``plg_per_point: True`` scores every covered point on its own instead.
 - The representative is the lowest-index point of the voxel (``dataset.voxelizer.sparse_quantize``).
-- When a scene has several fused-feature files (``<scene>_<k>.pt``, upstream's repeated 2D fusion),
-  the first one (``_0.pt``) is used, as upstream's PLG loader does with its default offset 0.
+- Every fused-feature file of a scene is read and merged (``formats.load_scene_fused_features``): upstream
+  fused one full-coverage ``<scene>.pt`` per scene, read as it is; OpenScene's released train features are
+  five random 20k-point subsets per scene (``<scene>_0.pt`` .. ``_4.pt``), whose union is used (one of them
+  alone would leave most of a ~150k-point scene unlabeled).
 - Scores are computed in float32 (upstream: half on GPU); argmax may differ only on exact ties.
 - The headline mIoU counts an unlabeled point as a miss in IoU too (a 3D network labels every point);
   upstream's metric leaves 'no feature' points out of the IoU (they only lower the accuracy), and that
   number is in the summary too ('miou_upstream'). Both score every point against its own GT label.
-- When a scene has several fused-feature files, a warning says that only the first is read (OpenScene's
-  released train features are five 20k-point subsets: PLG on them covers one subset).
 """
 import json
 import os
@@ -119,15 +120,6 @@ def plg_scene(coords, feat, mask_full, text_embeddings, scene_mask, *, voxel_siz
     return vox_labels[inverse], vox_probs[inverse]
 
 
-def scene_feature_path(feat_root, scene, scenes=()):
-    """The fused-feature file PLG reads: the first of ``<scene>_<k>.pt`` (upstream's offset 0)."""
-    files = formats.fused_feature_files(feat_root, scene, scenes)
-    if len(files) > 1:
-        tqdm.write(f"warning: scene '{scene}' has {len(files)} fused-feature files in '{feat_root}'; PLG reads only "
-                   f"'{os.path.basename(files[0])}' (as upstream), so points outside that file get 'unlabeled'")
-    return files[0]
-
-
 # bump when a change of this stage changes the pseudo labels it writes: older outputs are then recomputed
 PLG_VERSION = 1
 
@@ -183,22 +175,22 @@ def run(cfg):
             pt = formats.load_scene_3d(path, info.num_classes)
             scene_mask = scene_tags_of(scene, path, pt, scene_labels, cfg, info)
             tags = {'tags': [info.labels[c] for c in np.flatnonzero(scene_mask)]}
-            feat_path = scene_feature_path(cfg.data_root_2d_fused_feature, scene, all_scenes)
+            feat_paths = formats.fused_feature_files(cfg.data_root_2d_fused_feature, scene, all_scenes)
             outputs = formats.pseudo_label_paths(save_folder, scene)
-            current, why = manifest.check(scene, [path, feat_path], outputs, tags)
+            current, why = manifest.check(scene, [path, *feat_paths], outputs, tags)
             if current and not cfg.overwrite:
                 pred = formats.load_pseudo_labels(save_folder, scene, num_points=pt.coords.shape[0])
                 n_skipped += 1
             else:
                 if not cfg.overwrite and os.path.exists(outputs[0]):
                     tqdm.write(f"PLG: recomputing '{scene}': {why}")
-                feat, mask_full = formats.load_fused_features(feat_path, num_points=pt.coords.shape[0],
-                                                              feat_dim=feat_dim)
+                feat, mask_full = formats.load_scene_fused_features(feat_paths, num_points=pt.coords.shape[0],
+                                                                    feat_dim=feat_dim)
                 pred, prob = plg_scene(pt.coords, feat, mask_full.numpy(), text, scene_mask,
                                        voxel_size=cfg.voxel_size, per_point=cfg.plg_per_point,
                                        chunk_size=cfg.chunk_size, device=device)
                 formats.save_pseudo_labels(save_folder, scene, pred, prob)
-                manifest.record(scene, [path, feat_path], outputs, tags)
+                manifest.record(scene, [path, *feat_paths], outputs, tags)
                 n_written += 1
             if pt.has_labels:
                 conf += confusion_matrix(pred, pt.labels, info.num_classes)
