@@ -34,7 +34,9 @@ from dataset.label_constants import dataset_info
 from models.adapter import build_adapter
 from util import metric
 from util.checkpoint import load_checkpoint
-from util.config import load_config
+from pipeline.keys import dataset_keys, run_keys, text_keys, workers_key
+from train_openseg_pre_train import ADAPTER_KEYS
+from util.config import Key, Schema, load_config
 from util.io import atomic_write_text
 from util.logger import get_logger
 from util.misc import Timer, get_device, set_seed
@@ -44,6 +46,18 @@ from util.text_embeddings import text_embeddings_from_config
 from vlm_ps_generation.pseudo_labels import pseudo_labels_from_features, scene_label_mask
 
 CHUNK = 65536  # points per forward pass: bounds memory on 500k-point scenes
+
+SCHEMA = Schema("ESS inference: write the adapted embeddings (ESG's targets) and score them", [
+    *dataset_keys(),
+    *text_keys(),
+    Key('splits', list, ['train', 'val'], 'splits to write (ESG trains on train and validates on val)', 'DATA',
+        item=str),
+    *ADAPTER_KEYS,
+    Key('model_path', str, '', "the adapter checkpoint ('' = <save_path>/best.pth)", 'ESS', exists='file'),
+    Key('ess_embedding_path', str, '${exp_root}/ess_embeddings', 'output folder of the adapted embeddings', 'ESS'),
+    workers_key(),
+    *run_keys('save_path', '${exp_root}/ess', seed=2023),
+], example='python eval_openseg_pre_train.py --config config/scannet/openseg_pre_eval.yaml splits=val')
 
 # the label variants scored on scenes with GT: name -> (embeddings, use the scene-level label mask)
 VARIANTS = {
@@ -87,7 +101,7 @@ def load_written(path, mask_full, feat_dim):
 
 
 def main(argv=None):
-    cfg = load_config(argv, description='ESS inference: write adapted embeddings for ESG')
+    cfg = load_config(argv, SCHEMA)
     # the embeddings folder and the folder of the log / metrics (the ESS training run's) are written by one run
     # at a time
     with RunFolder(cfg.ess_embedding_path, 'ESS inference'), RunFolder(cfg.save_path, 'ESS inference'):

@@ -23,7 +23,8 @@ from dataset.formats import load_scene_3d, scene_name
 from dataset.label_constants import IGNORE_LABEL, dataset_info
 from util import distributed as du
 from util.checkpoint import load_checkpoint
-from util.config import load_config
+from pipeline.keys import POSITIVE_INT, dataset_keys, network_keys, one_of, run_keys, text_keys, workers_key
+from util.config import Key, Schema, load_config
 from util.inference import eval_dataset, predict_split
 from util.io import atomic_np_save, atomic_write_text
 from util.logger import get_logger
@@ -33,6 +34,26 @@ from util.provenance import array_digest, code_version, file_digest
 from util.run_folder import ExistingResultsError, RunFolder
 from util.text_embeddings import text_embeddings_from_config
 from util.visualize import iou_bar_chart, labels_to_colors, topdown_png, write_ply
+
+
+SCHEMA = Schema('Evaluate an ESG 3D network: per-point predictions, mIoU / mAcc, pictures', [
+    *dataset_keys(),
+    *text_keys(),
+    Key('split', str, 'val', 'split to evaluate', 'DATA'),
+    *network_keys(),
+    Key('model_path', str, '${exp_root}/esg/best.pth', 'the checkpoint to evaluate', 'TEST', exists='file',
+        hint='train ESG first (run/esg.sh), or give model_path'),
+    Key('feature_type', str, 'distill', "distill (the 3D network), fusion (the 2D features) or ensemble (OpenScene's)",
+        'TEST', **one_of('distill', 'fusion', 'ensemble')),
+    Key('test_repeats', int, 5, 'random voxelisations whose logits are summed (upstream 5)', 'TEST', **POSITIVE_INT),
+    Key('mark_no_feature_to_unknown', bool, True, "fusion: points without a 2D feature count as 'unlabeled'",
+        'TEST'),
+    Key('save_ply', bool, True, 'write coloured PLY files of prediction and GT', 'TEST'),
+    Key('save_png', bool, True, 'write a top-down picture per scene', 'TEST'),
+    workers_key(1),
+    *run_keys('save_folder', '${exp_root}/esg/result_eval', seed=1463),
+], example='python evaluate.py --config config/scannet/openseg_eval.yaml model_path exp/scannet/esg/best.pth '
+           'test_repeats=1')
 
 
 def build_model(cfg, device):
@@ -111,7 +132,7 @@ def claim_results(folder, provenance, scenes, overwrite, log):
 
 
 def main(argv=None):
-    cfg = load_config(argv, description='Evaluate an ESG 3D network')
+    cfg = load_config(argv, SCHEMA)
     dist_info, device = du.init_distributed(cfg.device)
     try:
         with RunFolder(cfg.save_folder, 'evaluation', enabled=dist_info.rank == 0):
@@ -144,7 +165,7 @@ def evaluate(cfg, dist_info, device):
                          test_repeats=cfg.test_repeats, seed=cfg.manual_seed, feature_type=cfg.feature_type,
                          fused_feature_root=cfg.data_root_2d_fused_feature,
                          mark_no_feature_to_unknown=cfg.mark_no_feature_to_unknown, amp=cfg.amp,
-                         rank=dist_info.rank, world_size=dist_info.world_size, workers=cfg.test_workers,
+                         rank=dist_info.rank, world_size=dist_info.world_size, workers=cfg.workers,
                          on_scene=scene_writer(cfg, val_set, info))
     reduce_device = device if device.type == 'cuda' else 'cpu'
     conf = du.all_reduce_array(conf, device=reduce_device)

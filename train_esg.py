@@ -28,7 +28,9 @@ from dataset.label_constants import dataset_info
 from models.disnet import DisNet
 from util import distributed as du
 from util.checkpoint import load_checkpoint, repair_best, save_best_and_last, unwrap_model
-from util.config import load_config
+from pipeline.keys import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, network_keys, one_of, run_keys,
+                           text_keys, workers_key)
+from util.config import Key, Schema, load_config
 from util.inference import eval_dataset, forward_voxels, predict_split
 from util.io import atomic_write_text
 from util.logger import get_logger
@@ -38,6 +40,33 @@ from util.misc import AverageMeter, batch_scene_names, Timer, format_eta, set_se
 from util.run_folder import RunFolder
 from util.tensorboard import close_writer, create_writer, log_scalars
 from util.text_embeddings import text_embeddings_from_config
+
+
+SCHEMA = Schema('ESG: distil the ESS embeddings into a 3D sparse U-Net', [
+    *dataset_keys(),
+    *text_keys(),
+    Key('esg_targets', str, '${exp_root}/ess_embeddings', "the embeddings to distil (ESS inference's output; the "
+        "raw fused features give OpenScene's 3D distillation)", 'DATA', exists='dir',
+        hint='run ESS inference first (run/ess_eval.sh)'),
+    Key('aug', bool, True, 'training augmentation (rotation, scale, flip, colour), as upstream', 'DATA'),
+    *network_keys(),
+    Key('loss_type', str, 'cosine', 'cosine: mean(1 - cos(f, e_ESS)) | l1', 'ESG', **one_of('cosine', 'l1')),
+    Key('batch_size', int, 4, 'scenes per step, summed over processes (upstream 4)', 'ESG', **POSITIVE_INT),
+    Key('base_lr', float, 0.0001, 'Adam learning rate', 'ESG', **POSITIVE),
+    Key('power', float, 0.9, 'poly decay (1 - step / steps) ** power', 'ESG', **NON_NEGATIVE),
+    Key('lr_x10_after_first_step', bool, True, "upstream's quirk: 10 x poly(lr) from the second step on", 'ESG'),
+    Key('loop', int, 5, 'each epoch sees every training scene loop times', 'ESG', **POSITIVE_INT),
+    Key('epochs', int, 100, 'epochs', 'ESG', **POSITIVE_INT),
+    Key('sync_bn', bool, False, 'SyncBatchNorm under torchrun (CUDA only)', 'ESG'),
+    Key('print_freq', int, 10, 'log every print_freq steps', 'ESG', **POSITIVE_INT),
+    Key('evaluate', bool, True, 'validate during training', 'ESG'),
+    Key('eval_freq', int, 1, 'validate every eval_freq epochs (and after the last)', 'ESG', **POSITIVE_INT),
+    Key('val_repeats', int, 1, 'random voxelisations summed at validation', 'ESG', **POSITIVE_INT),
+    Key('resume', str, '', 'a checkpoint to continue from (<save_path>/last.pth)', 'ESG', exists='file'),
+    Key('tensorboard', bool, True, 'write TensorBoard scalars to <save_path>/tensorboard', 'ESG'),
+    workers_key(8),
+    *run_keys('save_path', '${exp_root}/esg', seed=1463),
+], example='python train_esg.py --config config/scannet/openseg_train.yaml batch_size=8 base_lr 0.0002')
 
 
 # ----------------------------------------------------------------------------- schedule and loss
@@ -60,7 +89,7 @@ def build_train_set(cfg, feat_dim):
     """Voxelised train scenes with the ESS embedding of every covered voxel; the augmentation of an item
     is a function of (manual_seed, epoch, index) (see dataset/point_loader.py)."""
     from dataset.feature_loader import FusedFeatureLoader
-    return FusedFeatureLoader(datapath_prefix=cfg.data_root, datapath_prefix_feat=cfg.data_root_2d_fused_feature,
+    return FusedFeatureLoader(datapath_prefix=cfg.data_root, datapath_prefix_feat=cfg.esg_targets,
                               voxel_size=cfg.voxel_size, split=cfg.train_split, aug=cfg.aug, loop=cfg.loop,
                               input_color=cfg.input_color, feat_dim=feat_dim, seed=cfg.manual_seed,
                               num_classes=dataset_info(cfg.labelset).num_classes)
@@ -260,7 +289,7 @@ RUN_OUTPUTS = ('last.pth', 'best.pth', 'esg_summary.json', 'tensorboard')
 
 
 def main(argv=None):
-    cfg = load_config(argv, description='ESG: distil the ESS embeddings into a 3D sparse U-Net')
+    cfg = load_config(argv, SCHEMA)
     dist_info, device = du.init_distributed(cfg.device)
     try:
         # rank 0 writes every file, so it alone holds the folder

@@ -26,7 +26,9 @@ from dataset.label_constants import dataset_info
 from models.adapter import build_adapter
 from util import metric
 from util.checkpoint import load_checkpoint, repair_best, save_best_and_last
-from util.config import load_config
+from pipeline.keys import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, run_keys, text_keys,
+                           workers_key)
+from util.config import Key, Schema, load_config
 from util.logger import get_logger
 from util.misc import AverageMeter, batch_scene_names, Timer, get_device, set_seed
 from util.run_folder import RunFolder
@@ -34,6 +36,38 @@ from util.tensorboard import close_writer, create_writer, log_scalars
 from util.text_embeddings import text_embeddings_from_config
 
 CHUNK = 65536  # points per forward pass at validation: bounds memory on 500k-point scenes
+
+ADAPTER_KEYS = [
+    Key('adapter_reduction', int, 4, 'bottleneck width = D / adapter_reduction (upstream 4: 768 -> 192)', 'ESS',
+        **POSITIVE_INT),
+    Key('adapter_alpha', float, 0.05, 'share of the identity in a(x) (upstream 0.05)', 'ESS',
+        check=lambda v: 0 <= v <= 1, must='a number in [0, 1]'),
+]
+
+SCHEMA = Schema('ESS: train the embedding adapter on the PLG pseudo labels', [
+    *dataset_keys(),
+    *text_keys(),
+    Key('pseudo_label_path', str, '${exp_root}/plg', "PLG's output folder", 'DATA', exists='dir',
+        hint='run PLG first (vlm_ps_generation/generation_vlm.sh)'),
+    Key('cache_scenes', bool, False, 'keep every scene in memory after its first read', 'DATA'),
+    *ADAPTER_KEYS,
+    Key('num_points', int, 40000, 'covered points drawn per scene per step (upstream 40,000)', 'TRAIN',
+        **POSITIVE_INT),
+    Key('batch_size', int, 24, 'scenes per step (upstream code 24; the paper says 16)', 'TRAIN', **POSITIVE_INT),
+    Key('epochs', int, 150, 'epochs (upstream code 150; the paper says 80)', 'TRAIN', **POSITIVE_INT),
+    Key('base_lr', float, 0.003, 'Adam learning rate', 'TRAIN', **POSITIVE),
+    Key('betas', list, [0.9, 0.999], 'Adam betas', 'TRAIN', item=float,
+        check=lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), must='two numbers in [0, 1)'),
+    Key('weight_decay', float, 0.0004, 'Adam weight decay', 'TRAIN', **NON_NEGATIVE),
+    Key('step_epoch', int, 20, 'StepLR step (stepped at the start of every epoch, as upstream)', 'TRAIN',
+        **POSITIVE_INT),
+    Key('multiplier', float, 0.7, 'StepLR gamma', 'TRAIN', **POSITIVE),
+    Key('eval_freq', int, 1, 'validate every eval_freq epochs (and after the last)', 'TRAIN', **POSITIVE_INT),
+    Key('resume', str, '', 'a checkpoint to continue from (<save_path>/last.pth)', 'TRAIN', exists='file'),
+    Key('tensorboard', bool, True, 'write TensorBoard scalars to <save_path>/tensorboard', 'TRAIN'),
+    workers_key(),
+    *run_keys('save_path', '${exp_root}/ess', seed=2023),
+], example='python train_openseg_pre_train.py --config config/scannet/openseg_pre_train.yaml epochs=80 batch_size=16')
 
 
 def val_feature_root(cfg):
@@ -116,7 +150,7 @@ RUN_OUTPUTS = ('last.pth', 'best.pth', 'tensorboard')
 
 
 def main(argv=None):
-    cfg = load_config(argv, description='ESS: train the embedding adapter on PLG pseudo labels')
+    cfg = load_config(argv, SCHEMA)
     with RunFolder(cfg.save_path, 'ESS training') as folder:
         folder.check_fresh_or_resume(resume=cfg.resume, overwrite=cfg.overwrite, outputs=RUN_OUTPUTS)
         return train(cfg)

@@ -18,7 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset.formats import fused_feature_files, list_scenes, load_scene_fused_features, scene_name  # noqa: E402
-from util.config import load_cfg_from_cfg_file  # noqa: E402
+from util.config import resolve_config  # noqa: E402
 from util.visualize import learning_curve_png  # noqa: E402
 
 PLG_ROW = 'raw fused, scene-label mask (PLG formula per point)'
@@ -49,7 +49,8 @@ def main():
 
     ess = read_json(os.path.join(args.exp, 'ess', 'ess_eval_metrics.json'), 'ESS inference')
     esg = read_json(os.path.join(args.exp, 'esg', 'result_eval', 'eval_summary.json'), 'evaluate')
-    cfg = load_cfg_from_cfg_file(args.eval_config)
+    import evaluate  # noqa: E402  (its schema resolves the eval config)
+    cfg = resolve_config(evaluate.SCHEMA, args.eval_config)
     split = esg['split']
     if split not in ess:
         raise KeyError(f"ESS inference scored splits {sorted(ess)}, not '{split}'; add it to 'splits' of the ESS eval config")

@@ -32,7 +32,7 @@ def _worker(rank, world_size, port, root, argv):
     import train_esg
     from util.config import load_config
     from util.logger import get_logger
-    cfg = load_config(argv)
+    cfg = load_config(argv, train_esg.SCHEMA)
     info, device = du.init_distributed(cfg.device)
     assert (info.rank, info.world_size) == (rank, world_size) and du.get_world_size() == world_size
     seen = []
@@ -71,9 +71,10 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     assert np.allclose(r0['summary']['train_loss'], r1['summary']['train_loss'])
     # the weights moved away from rank 0's initialisation (identical weights would be trivial otherwise)
     from models.disnet import DisNet
+    import train_esg
     from util.config import load_config
     from util.misc import set_seed
-    cfg = load_config(argv)
+    cfg = load_config(argv, train_esg.SCHEMA)
     set_seed(cfg.manual_seed)  # what train() does before building the network
     init = dict(DisNet(cfg).named_parameters())
     assert any(not torch.equal(init[k].detach(), r0['params'][k]) for k in init)

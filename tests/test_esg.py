@@ -62,8 +62,8 @@ def make_tiny_dataset(root, n_train=4, n_val=2, seed=0):
 
 
 def train_argv(root, data_overrides, **overrides):
-    opts = dict(save_path=os.path.join(root, 'esg'), epochs=2, batch_size=2, loop=1, eval_freq=1, print_freq=1,
-                tensorboard=False, base_lr=1e-4)
+    opts = dict(save_path=os.path.join(root, 'esg'), esg_targets=os.path.join(root, 'feat'), epochs=2, batch_size=2,
+                loop=1, eval_freq=1, print_freq=1, tensorboard=False, base_lr=1e-4)
     opts.update(overrides)
     argv = ['--config', TRAIN_CONFIG] + list(data_overrides)
     for k, v in opts.items():
@@ -77,9 +77,12 @@ def tiny(tmp_path_factory):
     return root, make_tiny_dataset(root)
 
 
-def test_learning_rate_reproduces_upstream_quirk():
+def test_learning_rate_reproduces_upstream_quirk(tmp_path):
     from train_esg import learning_rate
-    cfg = load_config(['--config', TRAIN_CONFIG, 'base_lr', '1e-4', 'power', '0.9'])
+    import train_esg
+    root = str(tmp_path)
+    cfg = load_config(['--config', TRAIN_CONFIG, *make_tiny_dataset(root, n_train=1, n_val=1), 'base_lr', '1e-4',
+                       'power', '0.9', 'esg_targets', os.path.join(root, 'feat')], train_esg.SCHEMA)
     max_iter = 100
     assert learning_rate(0, cfg, max_iter) == pytest.approx(1e-4)                      # Adam's initial lr
     assert learning_rate(1, cfg, max_iter) == pytest.approx(10 * 1e-4 * (1 - 1 / 100) ** 0.9)

@@ -120,7 +120,8 @@ def test_sampling_is_deterministic_per_epoch_and_labels_follow_points(data):
 def test_training_lowers_the_loss_and_writes_checkpoints(data, trained):
     root, text = data
     assert {'best.pth', 'last.pth', 'train_ess.log'} <= set(os.listdir(trained))
-    cfg = load_config(['--config', TRAIN_CFG])
+    cfg = load_config(['--config', TRAIN_CFG, *data_overrides(root), 'pseudo_label_path', f'{root}/plg'],
+                      train_openseg_pre_train.SCHEMA)
     torch.manual_seed(7)
     untrained = build_adapter(cfg, torch.from_numpy(text).float())
     model = build_adapter(cfg, torch.from_numpy(text).float())
@@ -154,7 +155,7 @@ def test_inference_writes_adapted_embeddings_in_fused_format(data, trained, tmp_
     out = str(tmp_path / 'ess_embeddings')
     argv = ['--config', EVAL_CFG, *data_overrides(root), 'save_path', trained, 'ess_embedding_path', out]
     results = eval_openseg_pre_train.main(argv)
-    cfg = load_config(['--config', EVAL_CFG])
+    cfg = load_config(['--config', EVAL_CFG, *data_overrides(root)], eval_openseg_pre_train.SCHEMA)
     model = build_adapter(cfg, torch.from_numpy(text).float())
     load_checkpoint(os.path.join(trained, 'best.pth'), model)
     for split in ('train', 'val'):

@@ -14,7 +14,7 @@ from util.metric import evaluate as metric_evaluate
 
 def eval_argv(root, data, out, **overrides):
     opts = dict(model_path=os.path.join(root, 'esg', 'last.pth'), save_folder=os.path.join(root, out),
-                test_repeats=1, save_ply=False, save_png=False, test_workers=0)
+                test_repeats=1, save_ply=False, save_png=False, workers=0)
     opts.update(overrides)
     argv = ['--config', EVAL_CONFIG] + list(data)
     for k, v in opts.items():

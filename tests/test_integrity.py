@@ -69,7 +69,7 @@ def _ess_train_argv(root, save, epochs):
 
 def _adapter(root):
     from models.adapter import build_adapter
-    cfg = load_config(['--config', 'config/demo/openseg_pre_train.yaml'])
+    cfg = load_config(_ess_train_argv(root, root, 1)[:-2] + ['save_path', root], train_openseg_pre_train.SCHEMA)
     return build_adapter(cfg, torch.from_numpy(np.load(f'{root}/text.npy')))
 
 
@@ -375,9 +375,16 @@ def test_duplicate_scene_in_the_tag_file_is_an_error(tmp_path):
         gv.load_scene_label_file(str(path), ('chair', 'bed', 'table'))
 
 
+def _schema_of(config):
+    import evaluate
+    import train_esg
+    return {'openseg_train': train_esg.SCHEMA, 'openseg_pre_train': train_openseg_pre_train.SCHEMA,
+            'openseg_eval': evaluate.SCHEMA}[os.path.basename(config)[:-5]]
+
+
 @pytest.mark.parametrize('config, key, value, message', [
-    ('config/demo/openseg_train.yaml', 'base_lr', 'None', 'give a value of type float'),
-    ('config/demo/openseg_train.yaml', 'save_path', 'null', "give a value of type str \\('' for none\\)"),
+    ('config/demo/openseg_train.yaml', 'base_lr', 'None', "'base_lr' cannot be None: give a float"),
+    ('config/demo/openseg_train.yaml', 'save_path', 'null', r"'save_path' cannot be None: give a str \('' for none\)"),
     ('config/demo/openseg_train.yaml', 'eval_freq', '0', "'eval_freq' must be a positive integer, found 0"),
     ('config/demo/openseg_pre_train.yaml', 'step_epoch', '0', "'step_epoch' must be a positive integer"),
     ('config/demo/openseg_pre_train.yaml', 'epochs', '0', "'epochs' must be a positive integer"),
@@ -388,14 +395,14 @@ def test_duplicate_scene_in_the_tag_file_is_an_error(tmp_path):
 ])
 def test_config_values_that_make_no_sense_are_rejected_at_load(config, key, value, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(['--config', config, key, value])
+        load_config(['--config', config, key, value], _schema_of(config))
 
 
 def test_nonsense_in_the_yaml_file_itself_is_rejected(tmp_path):
     path = tmp_path / 'bad.yaml'
     path.write_text('TRAIN:\n  epochs: 0\n')
     with pytest.raises(ConfigError, match=r"bad\.yaml: config key 'epochs' must be a positive integer"):
-        load_config(['--config', str(path)])
+        load_config(['--config', str(path)], train_openseg_pre_train.SCHEMA)
 
 
 def test_diverging_ess_training_stops_naming_epoch_batch_and_scenes(ess_data, tmp_path):
@@ -456,7 +463,7 @@ def test_empty_foreign_truncated_files_and_folders_are_named_as_such(tmp_path):
     with pytest.raises(IsADirectoryError, match='it is a directory'):
         uio.atomic_write_text(tmp_path / 'folder.pth', 'x')
     with pytest.raises(ConfigError, match='is a directory, expected a .yaml file'):
-        load_config(['--config', str(tmp_path)])
+        load_config(['--config', str(tmp_path)], train_openseg_pre_train.SCHEMA)
 
 
 def test_disk_full_is_reported_as_such_and_keeps_the_old_file(tmp_path, monkeypatch):

@@ -39,7 +39,8 @@ from tqdm import tqdm
 from dataset import formats
 from dataset.label_constants import IGNORE_LABEL, dataset_info
 from dataset.voxelizer import sparse_quantize
-from util.config import load_config
+from pipeline.keys import POSITIVE_INT, NON_NEGATIVE_INT, dataset_keys, run_keys, text_keys
+from util.config import Key, Schema, load_config
 from util.io import atomic_write_text
 from util.metric import confusion_matrix, evaluate_confusion, format_table
 from util.misc import get_device
@@ -47,6 +48,21 @@ from util.provenance import OutputManifest, array_digest, code_version, file_dig
 from util.run_folder import RunFolder
 from util.text_embeddings import text_embeddings_from_config
 from vlm_ps_generation.pseudo_labels import pseudo_labels_from_features, scene_label_mask
+
+SCHEMA = Schema('PLG: pseudo labels from fused 2D features and CLIP text embeddings', [
+    *dataset_keys(),
+    *text_keys(prompt_template='none'),  # upstream's PLG turns its prompt engineering off
+    Key('feat_dim', int, 0, 'feature width (0 = from feature_2d_extractor)', 'PLG', **NON_NEGATIVE_INT),
+    Key('split', str, 'train', 'split to label (ESS trains on the train split)', 'PLG'),
+    Key('scene_label_file', str, '', "JSON {scene: [class names]} of scene tags ('' = the classes present in GT)",
+        'PLG', exists='file'),
+    Key('plg_per_point', bool, False, "False: upstream's voxel-representative scoring; True: every covered point",
+        'PLG'),
+    Key('chunk_size', int, 65536, 'points scored at once (memory: chunk x classes)', 'PLG', **POSITIVE_INT),
+    *run_keys('save_folder', '${exp_root}/plg'),
+], example='python vlm_ps_generation/generation_vlm.py --config vlm_ps_generation/config/scannet.yaml '
+           'scene_label_file tags.json save_folder exp/scannet/plg_tags')
+
 
 def load_scene_label_file(path, class_names, text_labels=()):
     """JSON {scene: [class names]} -> {scene: bool [C] mask}. Names may be label or text-label names."""
@@ -225,7 +241,7 @@ def run(cfg):
 
 
 def main(argv=None):
-    cfg = load_config(argv, description='3DSS-VLG pseudo-label generation (PLG)')
+    cfg = load_config(argv, SCHEMA)
     return run(cfg)
 
 
