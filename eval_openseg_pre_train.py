@@ -26,7 +26,6 @@ import os
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from dataset import formats
 from dataset.ess_loader import ESSSceneDataset, collate_scene
@@ -38,8 +37,8 @@ from pipeline.keys import dataset_keys, run_keys, text_keys, workers_key
 from train_openseg_pre_train import ADAPTER_KEYS
 from util.config import Key, Schema, load_config
 from util.io import atomic_write_text
-from util.logger import get_logger
 from util.misc import Timer, get_device, set_seed
+from util.progress import progress
 from util.provenance import OutputManifest, code_version
 from util.run_folder import RunFolder
 from util.text_embeddings import text_embeddings_from_config
@@ -104,16 +103,13 @@ def main(argv=None):
     cfg = load_config(argv, SCHEMA)
     # the embeddings folder and the folder of the log / metrics (the ESS training run's) are written by one run
     # at a time
-    with RunFolder(cfg.ess_embedding_path, 'ESS inference'), RunFolder(cfg.save_path, 'ESS inference'):
-        return infer(cfg)
+    with RunFolder(cfg.ess_embedding_path, 'ESS inference'), RunFolder(cfg.save_path, 'ESS inference') as folder:
+        device = get_device(cfg.device)
+        return infer(cfg, device, folder.start('ess_infer', cfg, SCHEMA, device))
 
 
-def infer(cfg):
-    # ---- logging
-    logger = get_logger('ess-eval', log_file=os.path.join(cfg.save_path, 'eval_ess.log'))
-    logger.info(f'config {cfg.config_file}\n{cfg}')
+def infer(cfg, device, logger):
     set_seed(cfg.manual_seed)
-    device = get_device(cfg.device)
     info = dataset_info(cfg.labelset)
     text_embeddings = text_embeddings_from_config(cfg, info, 'cpu')
     for split in cfg.splits:
@@ -142,7 +138,7 @@ def infer(cfg):
         conf = {name: np.zeros((num_classes + 1, num_classes + 1), np.int64) for name in VARIANTS}
         conf_all = {name: np.zeros((num_classes + 1, num_classes + 1), np.int64) for name in VARIANTS}
         n_points = n_covered = n_scored = written = skipped = 0
-        for item in tqdm(loader, desc=f'ESS {split}', dynamic_ncols=True):
+        for item in progress(loader, f'ESS inference {split}', log=logger.info, unit='scene'):
             out_path = os.path.join(cfg.ess_embedding_path, f"{item['scene']}_0.pt")
             current, why = manifest.check(item['scene'], item['feat_paths'], [out_path])
             if current and not cfg.overwrite:
@@ -150,7 +146,7 @@ def infer(cfg):
                 skipped += 1
             else:
                 if os.path.exists(out_path) and not cfg.overwrite:
-                    tqdm.write(f"ESS inference: recomputing '{item['scene']}': {why}")
+                    logger.info(f"recomputing '{item['scene']}': {why}")
                 adapted = adapt_scene(model, item['feat'], device)
                 formats.save_fused_features(out_path, adapted, item['mask_full'])
                 manifest.record(item['scene'], item['feat_paths'], [out_path])

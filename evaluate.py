@@ -24,10 +24,9 @@ from dataset.label_constants import IGNORE_LABEL, dataset_info
 from util import distributed as du
 from util.checkpoint import load_checkpoint
 from pipeline.keys import POSITIVE_INT, dataset_keys, network_keys, one_of, run_keys, text_keys, workers_key
-from util.config import Key, Schema, load_config
+from util.config import CfgNode, Key, Schema, load_config
 from util.inference import eval_dataset, predict_split
-from util.io import atomic_np_save, atomic_write_text
-from util.logger import get_logger
+from util.io import atomic_np_save, atomic_write_text, safe_torch_load
 from util.metric import evaluate_confusion, format_table
 from util.misc import Timer, set_seed
 from util.provenance import array_digest, code_version, file_digest
@@ -56,12 +55,28 @@ SCHEMA = Schema('Evaluate an ESG 3D network: per-point predictions, mIoU / mAcc,
            'test_repeats=1')
 
 
-def build_model(cfg, device):
-    """DisNet with the checkpoint's weights (strict: a different architecture is an error)."""
-    from models.disnet import DisNet
-    model = DisNet(cfg).to(device)
+# what the network is built from; a checkpoint trained here records them, so it alone rebuilds its network
+NETWORK_KEYS = ('arch_3d', 'feature_2d_extractor', 'sparse_engine')
+
+
+def network_config(cfg, log):
+    """``cfg`` with the network keys of the checkpoint's own config (when it has one: upstream's have not)."""
     if not cfg.model_path:
         raise ValueError('model_path is empty: give the checkpoint to evaluate, e.g. model_path exp/demo/esg/best.pth')
+    trained = (safe_torch_load(cfg.model_path, 'checkpoint').get('extra') or {}).get('config') or {}
+    net_cfg = CfgNode(cfg)
+    for key in NETWORK_KEYS:
+        if key in trained and trained[key] != cfg[key]:
+            log(f"{key}: the checkpoint was trained with {trained[key]!r}, the config says {cfg[key]!r}; using "
+                f"the checkpoint's")
+            net_cfg[key] = trained[key]
+    return net_cfg
+
+
+def build_model(cfg, device, log):
+    """DisNet with the checkpoint's weights (strict: a different architecture is an error)."""
+    from models.disnet import DisNet
+    model = DisNet(network_config(cfg, log)).to(device)
     state = load_checkpoint(cfg.model_path, model, map_location=device)
     return model, state
 
@@ -135,16 +150,16 @@ def main(argv=None):
     cfg = load_config(argv, SCHEMA)
     dist_info, device = du.init_distributed(cfg.device)
     try:
-        with RunFolder(cfg.save_folder, 'evaluation', enabled=dist_info.rank == 0):
+        with RunFolder(cfg.save_folder, 'evaluation', enabled=dist_info.rank == 0) as folder:
             du.barrier()
-            return evaluate(cfg, dist_info, device)
+            logger = folder.start('eval', cfg, SCHEMA, device, rank=dist_info.rank,
+                                  local_world_size=int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
+            return evaluate(cfg, dist_info, device, logger)
     finally:
         du.cleanup()
 
 
-def evaluate(cfg, dist_info, device):
-    logger = get_logger('esg-eval', log_file=os.path.join(cfg.save_folder, 'evaluate.log'), rank=dist_info.rank)
-    logger.info(f'config {cfg.config_file}\n{cfg}')
+def evaluate(cfg, dist_info, device, logger):
     set_seed(cfg.manual_seed)
     timer = Timer()
     info = dataset_info(cfg.labelset)
@@ -152,7 +167,7 @@ def evaluate(cfg, dist_info, device):
 
     model = None
     if cfg.feature_type != 'fusion':  # 'fusion' scores the 2D features, no network (as OpenScene)
-        model, state = build_model(cfg, device)
+        model, state = build_model(cfg, device, logger.warning)
         logger.info(f"loaded '{cfg.model_path}' ({state['epoch']} epochs trained, best val mIoU "
                     f"{state['best_metric']:.4f})")
 
@@ -166,7 +181,7 @@ def evaluate(cfg, dist_info, device):
                          fused_feature_root=cfg.data_root_2d_fused_feature,
                          mark_no_feature_to_unknown=cfg.mark_no_feature_to_unknown, amp=cfg.amp,
                          rank=dist_info.rank, world_size=dist_info.world_size, workers=cfg.workers,
-                         on_scene=scene_writer(cfg, val_set, info))
+                         on_scene=scene_writer(cfg, val_set, info), log=logger.info)
     reduce_device = device if device.type == 'cuda' else 'cpu'
     conf = du.all_reduce_array(conf, device=reduce_device)
     conf_first = du.all_reduce_array(conf_first, device=reduce_device)

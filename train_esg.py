@@ -33,9 +33,8 @@ from pipeline.keys import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, n
 from util.config import Key, Schema, load_config
 from util.inference import eval_dataset, forward_voxels, predict_split
 from util.io import atomic_write_text
-from util.logger import get_logger
 from util.losses import distillation_loss
-from util.metric import evaluate_confusion, format_table
+from util.metric import evaluate_confusion, format_table, per_class_scalars
 from util.misc import AverageMeter, batch_scene_names, Timer, format_eta, set_seed
 from util.run_folder import RunFolder
 from util.tensorboard import close_writer, create_writer, log_scalars
@@ -130,7 +129,16 @@ def non_finite_loss_message(loss, epoch, step, scenes, feats, feat_3d, model, am
             + ('; turn amp off or use bf16' if amp not in ('off', False) else '; lower base_lr'))
 
 
-def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer, batch_scenes):
+def validation_epochs(cfg, start=0):
+    """The (1-based) epochs after which validation runs: every eval_freq-th and the last."""
+    if not cfg.evaluate:
+        return []
+    return [e for e in range(start + 1, cfg.epochs + 1) if e % cfg.eval_freq == 0 or e == cfg.epochs]
+
+
+def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer, batch_scenes,
+                    validation_left=lambda: 0.0):
+    """One epoch; ``validation_left()`` estimates the seconds the remaining validations take (for the ETA)."""
     model.train()
     loss_meter, step_time = AverageMeter(), AverageMeter()
     steps = len(loader)
@@ -171,13 +179,13 @@ def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_it
         end = time.perf_counter()
         log_scalars(writer, {'train/loss_step': loss.item(), 'train/lr': lr}, step + 1)
         if (i + 1) % cfg.print_freq == 0 or i + 1 == steps:
-            eta = format_eta((max_iter - step - 1) * step_time.avg)
+            eta = format_eta((max_iter - step - 1) * step_time.avg + validation_left())
             logger.info(f'epoch [{epoch + 1}/{cfg.epochs}][{i + 1}/{steps}]  loss {loss_meter.val:.4f} '
                         f'({loss_meter.avg:.4f})  lr {lr:.2e}  {step_time.avg:.2f} s/step  ETA {eta}')
     return loss_meter.avg, lr
 
 
-def validate(model, val_set, text_embeddings, cfg, device, dist_info):
+def validate(model, val_set, text_embeddings, cfg, device, dist_info, log=None):
     """Val mIoU through the shared prediction path; scenes are split over ranks, counts all-reduced."""
     # the bare network: validation must not go through DDP's forward (it syncs buffers across ranks, which
     # would hang when the ranks hold different numbers of val scenes)
@@ -185,7 +193,7 @@ def validate(model, val_set, text_embeddings, cfg, device, dist_info):
     du.broadcast_buffers(net)  # every rank scores with the BN statistics the checkpoint holds
     conf, _ = predict_split(net, val_set, text_embeddings, device=device,
                          test_repeats=cfg.val_repeats, seed=cfg.manual_seed, amp=cfg.amp,
-                         rank=dist_info.rank, world_size=dist_info.world_size, workers=cfg.workers)
+                         rank=dist_info.rank, world_size=dist_info.world_size, workers=cfg.workers, log=log)
     conf = du.all_reduce_array(conf, device=device if device.type == 'cuda' else 'cpu')
     return evaluate_confusion(conf, dataset_info(cfg.labelset).labels)
 
@@ -233,22 +241,27 @@ def train(cfg, dist_info, device, logger):
         logger.info(f"resumed from '{cfg.resume}': {start_epoch} epochs done, best val mIoU {best_miou:.4f}")
     writer = create_writer(cfg.save_path, dist_info.rank, enabled=cfg.tensorboard)
 
-    # ---- loop
+    # ---- loop (TensorBoard's x-axis: optimiser steps)
     timer = Timer()
-    last_result = None
+    last_result, val_seconds = None, []
     for epoch in range(start_epoch, cfg.epochs):
         set_seed(epoch_seed(cfg, epoch, dist_info.rank))
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
+        # the ETA counts the validations still to come, at the mean time of those done (the first: unknown)
+        left = len(validation_epochs(cfg, epoch)) if val_set is not None else 0
         loss, lr = train_one_epoch(model, train_loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer,
-                                   batch_scene_names(sampler, train_set.scene_name, cfg.batch_size // dist_info.world_size))
+                                   batch_scene_names(sampler, train_set.scene_name, cfg.batch_size // dist_info.world_size),
+                                   lambda: left * (sum(val_seconds) / len(val_seconds) if val_seconds else 0.0))
         loss = du.all_reduce_mean(loss, device=device if device.type == 'cuda' else 'cpu')
         losses.append(loss)
         # without validation (evaluate False) best.pth follows last.pth, so evaluation configs still find it
         scalars, message, is_best = {'train/loss': loss}, '', val_set is None
         best_epoch = epoch + 1 if is_best else best_epoch
         if val_set is not None and ((epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.epochs):
-            result = validate(model, val_set, text_embeddings, cfg, device, dist_info)
+            started = time.perf_counter()
+            result = validate(model, val_set, text_embeddings, cfg, device, dist_info, logger.info)
+            val_seconds.append(time.perf_counter() - started)
             if result['num_points'] == 0:  # scans without GT: an mIoU of 0 would freeze best.pth at epoch 1
                 logger.warning(f"val split '{cfg.val_split}' has no labelled point: validation is switched off and "
                                f"best.pth follows last.pth (evaluate False skips it from the start)")
@@ -259,16 +272,16 @@ def train(cfg, dist_info, device, logger):
                 is_best = miou > best_miou
                 best_miou = max(best_miou, miou)
                 best_epoch = epoch + 1 if is_best else best_epoch
-                scalars.update({'val/miou': miou, 'val/macc': result['macc']})
+                scalars.update({'val/miou': miou, 'val/macc': result['macc'], **per_class_scalars(result, 'val/iou')})
                 message = (f"  val mIoU {miou:.4f}  mAcc {result['macc']:.4f}  best {best_miou:.4f}"
                            f"{'  *' if is_best else ''}")
         if du.is_main_process():
             save_best_and_last(cfg.save_path, is_best, model=model, optimizer=optimizer, epoch=epoch + 1,
-                               best_metric=best_miou, best_epoch=best_epoch, extra={'val_miou': history, 'train_loss': losses,
-                                                             'config_file': cfg.config_file,
-                                                             'grad_scaler': scaler.state_dict() if scaler else None})
+                               best_metric=best_miou, best_epoch=best_epoch,
+                               extra={'val_miou': history, 'train_loss': losses, 'config': dict(cfg),
+                                      'grad_scaler': scaler.state_dict() if scaler else None})
         du.barrier()  # no rank starts the next epoch (or reads last.pth) before it is written
-        log_scalars(writer, scalars, epoch + 1)
+        log_scalars(writer, scalars, (epoch + 1) * len(train_loader))
         logger.info(f'epoch {epoch + 1}/{cfg.epochs} done  loss {loss:.4f}{message}  [{timer.elapsed():.1f} s]')
     if last_result is not None:
         logger.info('last validation:\n' + format_table(last_result))
@@ -296,9 +309,9 @@ def main(argv=None):
         with RunFolder(cfg.save_path, 'ESG training', enabled=dist_info.rank == 0) as folder:
             folder.check_fresh_or_resume(resume=cfg.resume, overwrite=cfg.overwrite, outputs=RUN_OUTPUTS)
             du.barrier()
-            logger = get_logger('esg-train', log_file=os.path.join(cfg.save_path, 'train_esg.log'), rank=dist_info.rank)
-            logger.info(f'config {cfg.config_file}\n{cfg}')
-            logger.info(f'device {device}, {dist_info.world_size} process(es)')
+            logger = folder.start('esg', cfg, SCHEMA, device, rank=dist_info.rank,
+                                  local_world_size=int(os.environ.get('LOCAL_WORLD_SIZE', 1)),
+                                  processes=dist_info.world_size)
             _, summary = train(cfg, dist_info, device, logger)
     finally:
         du.cleanup()

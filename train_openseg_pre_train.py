@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from dataset.ess_loader import ESSPointDataset, ESSSceneDataset, EpochShuffleSampler, collate_scene
 from dataset.label_constants import dataset_info
@@ -29,8 +28,8 @@ from util.checkpoint import load_checkpoint, repair_best, save_best_and_last
 from pipeline.keys import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, run_keys, text_keys,
                            workers_key)
 from util.config import Key, Schema, load_config
-from util.logger import get_logger
-from util.misc import AverageMeter, batch_scene_names, Timer, get_device, set_seed
+from util.misc import AverageMeter, Timer, batch_scene_names, format_eta, get_device, set_seed
+from util.progress import progress
 from util.run_folder import RunFolder
 from util.tensorboard import close_writer, create_writer, log_scalars
 from util.text_embeddings import text_embeddings_from_config
@@ -83,7 +82,7 @@ def predict_covered(model, feat, device):
 
 
 @torch.no_grad()
-def validate(model, loader, info, device):
+def validate(model, loader, info, device, log=None):
     """Val mIoU of argmax(adapted logits) against GT.
 
     'covered' scores the covered points only, as upstream (its val loader holds nothing else; upstream
@@ -94,7 +93,7 @@ def validate(model, loader, info, device):
     """
     model.eval()
     covered_pred, covered_gt, all_pred, all_gt = [], [], [], []
-    for item in tqdm(loader, desc='  val', leave=False, dynamic_ncols=True):
+    for item in progress(loader, 'ESS validation', log=log, unit='scene'):
         pred = predict_covered(model, item['feat'], device)
         mask = item['mask_full'].numpy()
         full = np.full(mask.shape[0], info.unlabeled_index, np.int64)
@@ -110,8 +109,7 @@ def train_one_epoch(model, loader, criterion, optimizer, device, epoch, desc, ba
     """One pass over the training scenes; ``batch_scenes(i)`` names the scenes of batch i (for errors)."""
     model.train()
     loss_meter = AverageMeter()
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
-    for i, (feats, labels) in enumerate(bar):
+    for i, (feats, labels) in enumerate(progress(loader, desc, unit='step')):
         feats, labels = feats.to(device), labels.to(device)
         logits = model(feats)                                    # [B, P, C]
         # mean over all non-ignored points of the batch, as upstream's CrossEntropyLoss on [B, C, P]
@@ -122,7 +120,6 @@ def train_one_epoch(model, loader, criterion, optimizer, device, epoch, desc, ba
         loss.backward()
         optimizer.step()
         loss_meter.update(loss.item(), feats.shape[0])
-        bar.set_postfix(loss=f'{loss_meter.avg:.4f}')
     return loss_meter.avg
 
 
@@ -153,15 +150,12 @@ def main(argv=None):
     cfg = load_config(argv, SCHEMA)
     with RunFolder(cfg.save_path, 'ESS training') as folder:
         folder.check_fresh_or_resume(resume=cfg.resume, overwrite=cfg.overwrite, outputs=RUN_OUTPUTS)
-        return train(cfg)
+        device = get_device(cfg.device)
+        return train(cfg, device, folder.start('ess_train', cfg, SCHEMA, device))
 
 
-def train(cfg):
-    # ---- logging, seed
-    logger = get_logger('ess-train', log_file=os.path.join(cfg.save_path, 'train_ess.log'))
-    logger.info(f'config {cfg.config_file}\n{cfg}')
+def train(cfg, device, logger):
     set_seed(cfg.manual_seed)
-    device = get_device(cfg.device)
     info = dataset_info(cfg.labelset)
     text_embeddings = text_embeddings_from_config(cfg, info, 'cpu')
 
@@ -196,7 +190,7 @@ def train(cfg):
         logger.info(f"resumed from '{cfg.resume}': {start_epoch} epochs done, best val mIoU {best_miou:.4f}")
     writer = create_writer(cfg.save_path, enabled=cfg.tensorboard)
 
-    # ---- loop
+    # ---- loop (TensorBoard's x-axis: optimiser steps, as ESG's)
     timer = Timer()
     for epoch in range(start_epoch, cfg.epochs):
         lr = step_scheduler_at_epoch_start(scheduler)
@@ -207,19 +201,22 @@ def train(cfg):
         scalars, message, is_best = {'train/loss': loss, 'train/lr': lr}, '', False
         # upstream validates after every epoch (eval_freq 1); the last epoch is always validated
         if (epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.epochs:
-            covered, all_points = validate(model, val_loader, info, device)
+            covered, all_points = validate(model, val_loader, info, device, logger.info)
             history.append((epoch + 1, covered['miou']))
             is_best = covered['miou'] > best_miou
             best_miou = max(best_miou, covered['miou'])
             best_epoch = epoch + 1 if is_best else best_epoch
-            scalars.update({'val/miou': covered['miou'], 'val/miou_all_points': all_points['miou']})
+            scalars.update({'val/miou': covered['miou'], 'val/miou_all_points': all_points['miou'],
+                            **metric.per_class_scalars(covered, 'val/iou')})
             message = (f"  val mIoU {covered['miou']:.4f} (covered points)  {all_points['miou']:.4f} (all points, "
                        f"uncovered = wrong)  best {best_miou:.4f}{'  *' if is_best else ''}")
         save_best_and_last(cfg.save_path, is_best, model=model, optimizer=optimizer, scheduler=scheduler,
                            epoch=epoch + 1, best_metric=best_miou, best_epoch=best_epoch,
-                           extra={'val_miou': history, 'config_file': cfg.config_file})
-        log_scalars(writer, scalars, epoch + 1)
-        logger.info(f'epoch {epoch + 1}/{cfg.epochs}  lr {lr:.2e}  loss {loss:.4f}{message}  [{timer.elapsed():.1f} s]')
+                           extra={'val_miou': history, 'config': dict(cfg)})
+        log_scalars(writer, scalars, (epoch + 1) * len(train_loader))
+        eta = format_eta(timer.elapsed() / (epoch + 1 - start_epoch) * (cfg.epochs - epoch - 1))
+        logger.info(f'epoch {epoch + 1}/{cfg.epochs}  lr {lr:.2e}  loss {loss:.4f}{message}  '
+                    f'[{timer.elapsed():.1f} s, ETA {eta}]')
     close_writer(writer)
     if history:
         best_epoch, best = max(history, key=lambda h: h[1])

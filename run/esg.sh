@@ -1,16 +1,15 @@
 #!/bin/sh
-# ESG training (train_esg.py): checkpoints, logs and TensorBoard files go to <exp_dir>.
-#   sh run/esg.sh <exp_dir> <config> [key value ...]
+# ESG training (train_esg.py): checkpoints, log, TensorBoard files and the resolved config go to <exp_dir>. NPROC=4 runs torchrun on 4 processes (GPUs).
+# Works from any folder.
+#   sh run/esg.sh <exp_dir> <config> [key value | key=value ...]
 #   sh run/esg.sh exp/scannet/esg config/scannet/openseg_train.yaml
-#   sh run/esg.sh exp/scannet/esg config/scannet/openseg_train.yaml resume exp/scannet/esg/last.pth
-# Several GPUs: NPROC=4 sh run/esg.sh ...  (runs torchrun --nproc_per_node=4)
+#  NPROC=4 sh run/esg.sh exp/scannet/esg config/scannet/openseg_train.yaml
 set -e
+here=$(dirname "$0")
+DRIVER=$0 SCRIPT=train_esg.py WHAT="ESG training (train_esg.py): checkpoints, log, TensorBoard files and the resolved config go to <exp_dir>. NPROC=4 runs torchrun on 4 processes (GPUs)."
+EXAMPLE="exp/scannet/esg config/scannet/openseg_train.yaml"
+. "${here}/usage.sh"
 exp_dir=$1
 config=$2
 shift 2
-if [ "${NPROC:-1}" -gt 1 ]; then
-  set -- torchrun --standalone --nproc_per_node="${NPROC}" train_esg.py --config "${config}" save_path "${exp_dir}" "$@"
-else
-  set -- "${PYTHON:-python}" -u train_esg.py --config "${config}" save_path "${exp_dir}" "$@"
-fi
-exec sh run/stage.sh esg "${exp_dir}" "${config}" "$@"
+exec sh "${here}/stage.sh" "${SCRIPT}" save_path "${exp_dir}" "${config}" "$@"

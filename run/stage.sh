@@ -1,20 +1,19 @@
 #!/bin/sh
-# Shared body of the stage drivers (run/*.sh, vlm_ps_generation/generation_vlm.sh), as upstream's drivers:
-# make the experiment folder, keep a copy of the config there, run the stage, tee a timestamped log there.
-#   sh run/stage.sh <log_name> <exp_dir> <config> <command ...>
-# <command ...> (the stage's full command line) runs with PYTHONPATH=. from the repository root; the stage's
-# exit code is the driver's (plain sh has no pipefail, so a file carries it through the pipe into tee).
+# Shared body of the stage drivers (run/*.sh, vlm_ps_generation/generation_vlm.sh): run one stage script of
+# this repository, from any folder, with its output folder and config:
+#   sh run/stage.sh <script> <output key> <exp_dir> <config> [key value | key=value ...]
+# The stage writes its own log (<exp_dir>/<stage>-<date>_<time>.log, clean lines), its resolved config and a
+# record of the run into <exp_dir>; progress bars go to the terminal only. Relative paths (the config, the
+# experiment folder, the data in the config) are taken from the folder you run it in.
 set -eu
-log_name=$1
-exp_dir=$2
-config=$3
-shift 3
-
-mkdir -p "${exp_dir}"
-[ "$(cd "$(dirname "${config}")" && pwd)" = "$(cd "${exp_dir}" && pwd)" ] || cp "${config}" "${exp_dir}/"
-export PYTHONPATH=.
-log="${exp_dir}/${log_name}-$(date +%Y%m%d_%H%M%S).log"
-status=$(mktemp)
-{ rc=0; "$@" 2>&1 || rc=$?; echo "${rc}" > "${status}"; } | tee -a "${log}"
-rc=$(cat "${status}"); rm -f "${status}"
-exit "${rc}"
+root=$(cd "$(dirname "$0")/.." && pwd)
+script=$1
+key=$2
+exp_dir=$3
+config=$4
+shift 4
+export PYTHONPATH="${root}${PYTHONPATH:+:${PYTHONPATH}}"
+if [ "${NPROC:-1}" -gt 1 ]; then
+  exec torchrun --standalone --nproc_per_node="${NPROC}" "${root}/${script}" --config "${config}" "${key}" "${exp_dir}" "$@"
+fi
+exec "${PYTHON:-python}" -u "${root}/${script}" --config "${config}" "${key}" "${exp_dir}" "$@"

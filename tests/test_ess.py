@@ -119,7 +119,9 @@ def test_sampling_is_deterministic_per_epoch_and_labels_follow_points(data):
 
 def test_training_lowers_the_loss_and_writes_checkpoints(data, trained):
     root, text = data
-    assert {'best.pth', 'last.pth', 'train_ess.log'} <= set(os.listdir(trained))
+    files = set(os.listdir(trained))
+    assert {'best.pth', 'last.pth', 'ess_train_config.yaml', 'ess_train_run.json'} <= files
+    assert any(f.startswith('ess_train-') and f.endswith('.log') for f in files)
     cfg = load_config(['--config', TRAIN_CFG, *data_overrides(root), 'pseudo_label_path', f'{root}/plg'],
                       train_openseg_pre_train.SCHEMA)
     torch.manual_seed(7)

@@ -363,7 +363,8 @@ def test_esg_training_goes_on_past_a_one_point_scene_and_an_uncovered_scene(tmp_
                                 torch.zeros(n, dtype=bool))
     summary = train_esg.main(train_argv(root, data, epochs=1, batch_size=1, evaluate=False))
     assert summary['train_loss'][0] > 0
-    text = open(os.path.join(root, 'esg', 'train_esg.log')).read()
+    log = next(f for f in os.listdir(os.path.join(root, 'esg')) if f.startswith('esg-') and f.endswith('.log'))
+    text = open(os.path.join(root, 'esg', log)).read()
     assert f'scenes {one}: 1 voxels fall into one voxel' in text and 'too small for BatchNorm' in text
     assert f'scenes {dark}: no voxel of these scenes has an ESS embedding' in text
 

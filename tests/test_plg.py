@@ -202,9 +202,15 @@ def test_shell_driver(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable)
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert (exp / 'scene0000_00_pred.npy').is_file() and (exp / 'demo.yaml').is_file()
+    assert (exp / 'scene0000_00_pred.npy').is_file() and (exp / 'plg_config.yaml').is_file()
     logs = [f for f in os.listdir(exp) if f.startswith('plg-') and f.endswith('.log')]
     assert len(logs) == 1 and 'coverage' in (exp / logs[0]).read_text()
+    assert '\r' not in (exp / logs[0]).read_text()  # progress bars never reach the log
+    # the driver works from any folder
+    elsewhere = subprocess.run(['sh', cmd[1], str(tmp_path / 'exp2'), *cmd[3:]], cwd=str(tmp_path), env=env,
+                               capture_output=True, text=True, timeout=120)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert (tmp_path / 'exp2' / 'scene0000_00_pred.npy').is_file()
     bad = subprocess.run(cmd[:4] + ['data_root', str(tmp_path / 'missing')], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0

@@ -343,6 +343,16 @@ def _pairs(opts):
     return pairs
 
 
+def dump_config(cfg, schema, header=''):
+    """The resolved config as YAML (sections as in the schema): ``--config`` on it reruns the same settings."""
+    sections = {}
+    for key in schema.keys:
+        if key.name in cfg:
+            sections.setdefault(key.section or 'OTHER', {})[key.name] = cfg[key.name]
+    body = yaml.safe_dump(sections, sort_keys=False, default_flow_style=None, width=120)
+    return ''.join(f'# {line}\n' for line in header.splitlines()) + body
+
+
 # ----------------------------------------------------------------------------- command line
 class _SchemaHelp(argparse.Action):
     def __init__(self, option_strings, schema, dest=argparse.SUPPRESS, **kwargs):

@@ -30,7 +30,7 @@ def launched_by_torchrun() -> bool:
     return 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
 
 
-def init_distributed(device_name='auto', backend=''):
+def init_distributed(device_name='auto', backend='', log=None):
     """Join the process group torchrun describes -> (DistInfo, torch.device).
 
     Without torchrun variables this is a single process (rank 0 of 1) on ``device_name``. Under
@@ -39,10 +39,10 @@ def init_distributed(device_name='auto', backend=''):
     """
     from util.misc import get_device
     if not launched_by_torchrun() or int(os.environ['WORLD_SIZE']) == 1:
-        return DistInfo(), get_device(device_name)
+        return DistInfo(), get_device(device_name, log)
     rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
     local_rank = int(os.environ.get('LOCAL_RANK', rank))
-    device = get_device(device_name)
+    device = get_device(device_name, log)
     if device.type == 'cuda':
         if torch.cuda.device_count() <= local_rank:
             raise RuntimeError(f'process with LOCAL_RANK {local_rank} needs a CUDA device, but only '

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dataset.formats import all_scene_names, fused_feature_files, load_scene_fused_features, scene_name
 from util import metric
+from util.progress import progress
 
 FEATURE_TYPES = ('distill', 'fusion', 'ensemble')
 
@@ -147,7 +148,7 @@ def eval_dataset(cfg, split):
 
 def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None, test_repeats=1, seed=0,
                   feature_type='distill', fused_feature_root='', mark_no_feature_to_unknown=False,
-                  amp=False, rank=0, world_size=1, workers=0, on_scene=None):
+                  amp=False, rank=0, world_size=1, workers=0, on_scene=None, log=None):
     """Predict every scene of ``dataset`` (``Point3DLoader(eval_all=True)``-like items
     ``(coords [V,4], feats [V,3], labels [N], inverse [N])``); returns the confusion matrices summed over
     scenes of (the prediction from all ``test_repeats`` voxelisations summed, the first voxelisation alone):
@@ -156,7 +157,8 @@ def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None,
     Scenes are split over processes (scene i goes to rank i % world_size); the caller all-reduces the
     confusion matrix. For every scene ``on_scene(index, pred [N] int64, logits [N, C] float32, gt [N])``
     is called once its repeats are summed (e.g. to save predictions). ``seed`` fixes the random
-    voxelisations, so two calls with one checkpoint give the same predictions.
+    voxelisations, so two calls with one checkpoint give the same predictions. ``log`` receives progress
+    lines with an ETA when no terminal shows a progress bar (util/progress.py).
     """
     if collate_eval is None:
         from dataset.point_loader import collation_fn_eval_all as collate_eval
@@ -177,7 +179,8 @@ def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None,
         loader = DataLoader(_Repeated(dataset, indices, repeats), batch_size=1, shuffle=False,
                             num_workers=workers, collate_fn=functools.partial(_collate_one, collate_eval=collate_eval))
         current, summed, gt, fused, fused_mask = None, None, None, None, None
-        for k, (index, (coords, feats, labels, inverse)) in enumerate(loader):
+        batches = progress(loader, 'predicting', log=log, unit='voxelisation')
+        for k, (index, (coords, feats, labels, inverse)) in enumerate(batches):
             if index != current:
                 current, summed, gt = index, None, labels.numpy()
                 if feature_type != 'distill':

@@ -82,3 +82,9 @@ def format_table(result):
     lines.append(f"mIoU {result['miou_present']:.4f}  mAcc {result['macc_present']:.4f}  "
                  f"(mean over the {int(result['present'].sum())} classes present in GT)")
     return '\n'.join(lines)
+
+
+def per_class_scalars(result, prefix):
+    """{'<prefix>/<class>': IoU} for the classes present in GT (TensorBoard's per-class curves)."""
+    return {f"{prefix}/{name.replace(' ', '_')}": float(iou)
+            for name, iou, present in zip(result['class_names'], result['iou'], result['present']) if present}

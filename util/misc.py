@@ -1,7 +1,9 @@
 """Small helpers every stage needs: seeding, device choice, running averages."""
 import os
 import random
+import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -15,10 +17,24 @@ def set_seed(seed):
     os.environ.setdefault('PYTHONHASHSEED', str(seed))
 
 
-def get_device(name='auto'):
-    """'auto' -> cuda when available else cpu; otherwise the named device (an error if unavailable)."""
+def get_device(name='auto', log=None):
+    """'auto' -> cuda when available else cpu; otherwise the named device (an error if unavailable).
+
+    With 'auto', a GPU that is present but unusable (e.g. a driver too old for this PyTorch's CUDA) is
+    reported to ``log`` with torch's reason, instead of a silent switch to the CPU."""
     if name in (None, '', 'auto'):
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            usable = torch.cuda.is_available()
+        if usable:
+            return torch.device('cuda')
+        reasons = [str(w.message).strip() for w in caught if 'cuda' in str(w.message).lower()]
+        log = log or (lambda message: print(message, file=sys.stderr))
+        if reasons or os.path.exists('/dev/nvidiactl'):
+            log(f"warning: device auto: a GPU is present but PyTorch cannot use it "
+                f"({'; '.join(reasons) or 'torch.cuda.is_available() is False'}); running on the CPU. Fix the "
+                f"driver / CUDA build, or set device cpu to silence this")
+        return torch.device('cpu')
     device = torch.device(name)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise RuntimeError(f"device '{name}' was asked for but CUDA is not available; use device cpu or auto")

@@ -15,6 +15,9 @@ inference's embeddings, evaluation results) opens it with ``RunFolder``:
   host, process gone or another process under the same pid).
 - **Leftovers.** Temporary files of interrupted atomic writes (``.<name>.<random>.tmp``, as big as a
   checkpoint) are removed once the lock is held, when no other process can be writing them.
+- **What ran.** ``record`` writes ``<stage>_config.yaml`` (the resolved config: includes, defaults and
+  overrides applied; ``--config`` on it reruns the same settings) and ``<stage>_run.json`` (command line,
+  code version, host, device, threads, sparse-conv settings) beside the outputs.
 - **Fresh run or resume.** A run without ``resume`` into a folder that already holds another run's
   checkpoints is refused (it would replace them after its first epoch), with the two ways on:
   ``resume <folder>/last.pth`` or ``overwrite True`` (which deletes them first).
@@ -27,7 +30,7 @@ import socket
 import sys
 import time
 
-from util.io import TMP_NAME
+from util.io import TMP_NAME, atomic_write_text
 
 LOCK_NAME = '.lock'
 
@@ -184,6 +187,32 @@ class RunFolder:
                 os.remove(full)
                 self.log(f"{self.stage}: removed '{full}', the temporary file of a write that was interrupted")
         return removed
+
+    def start(self, stage, cfg, schema, device, rank=0, local_world_size=1, **facts):
+        """Begin a run of ``stage`` in this folder: its logger (``<stage>-<date>_<time>.log``), the CPU threads
+        (util/threads.py), and the record of what runs (``record``). Returns the logger."""
+        from util.logger import stage_logger
+        from util.threads import configure_threads
+        logger = stage_logger(stage, self.path, rank)
+        threads = configure_threads(cfg.get('threads', 0), local_world_size)
+        logger.info(f"{schema.stage}\nconfig {cfg.config_file} (resolved in {stage}_config.yaml):\n{cfg}")
+        logger.info(f'device {device}; {threads}' + ''.join(f'; {k} {v}' for k, v in facts.items()))
+        self.record(stage, cfg, schema, device=str(device), threads=threads, **facts)
+        return logger
+
+    def record(self, stage, cfg, schema, **facts):
+        """Write ``<stage>_config.yaml`` and ``<stage>_run.json`` (see the module docstring)."""
+        if not self.enabled:
+            return
+        from util.config import dump_config
+        from util.provenance import code_version
+        command = ' '.join([os.path.basename(sys.executable)] + sys.argv)
+        started = time.strftime('%Y-%m-%d %H:%M:%S')
+        header = f'{schema.stage}\nresolved config of the run started {started}:\n  {command}'
+        atomic_write_text(os.path.join(self.path, f'{stage}_config.yaml'), dump_config(cfg, schema, header))
+        info = {'stage': schema.stage, 'command': command, 'cwd': os.getcwd(), 'started': started,
+                'host': socket.gethostname(), 'pid': os.getpid(), 'code': code_version(), **facts}
+        atomic_write_text(os.path.join(self.path, f'{stage}_run.json'), json.dumps(info, indent=2, default=str) + '\n')
 
     def check_fresh_or_resume(self, *, resume, overwrite, outputs):
         """Refuse a fresh run (no ``resume``) into a folder holding any of ``outputs`` (file or folder names

@@ -30,11 +30,9 @@ Choices against upstream (vlm_ps_generation/generation_vlm.py + dataset/generati
 """
 import json
 import os
-import sys
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dataset import formats
 from dataset.label_constants import IGNORE_LABEL, dataset_info
@@ -44,6 +42,7 @@ from util.config import Key, Schema, load_config
 from util.io import atomic_write_text
 from util.metric import confusion_matrix, evaluate_confusion, format_table
 from util.misc import get_device
+from util.progress import progress
 from util.provenance import OutputManifest, array_digest, code_version, file_digest
 from util.run_folder import RunFolder
 from util.text_embeddings import text_embeddings_from_config
@@ -148,7 +147,7 @@ def plg_settings(cfg, text, scene_label_file):
             'scene_tags': 'scene_label_file' if scene_label_file else 'GT labels of each scene'}
 
 
-def scene_tags_of(scene, path, pt, scene_labels, cfg, info):
+def scene_tags_of(scene, path, pt, scene_labels, cfg, info, log):
     """The scene-level label (bool [C]) of one scene: from the tag file, or from its GT labels (upstream)."""
     if scene_labels is not None:
         if scene not in scene_labels:
@@ -159,17 +158,20 @@ def scene_tags_of(scene, path, pt, scene_labels, cfg, info):
                          f"from GT: give scene_label_file (JSON {{scene: [class names]}})")
     scene_mask = scene_label_mask(pt.labels, info.num_classes)
     if not scene_mask.any():
-        tqdm.write(f"warning: 3D scene '{path}' has no labelled point (all {IGNORE_LABEL}), so its "
-                   f"scene-level label is empty: every point gets 'unlabeled'")
+        log(f"warning: 3D scene '{path}' has no labelled point (all {IGNORE_LABEL}), so its "
+            f"scene-level label is empty: every point gets 'unlabeled'")
     return scene_mask
 
 
 def run(cfg):
+    with RunFolder(cfg.save_folder, 'PLG') as folder:
+        device = get_device(cfg.device)
+        return label_split(cfg, device, folder.start('plg', cfg, SCHEMA, device))
+
+
+def label_split(cfg, device, logger):
     info = dataset_info(cfg.labelset)
-    device = get_device(cfg.device)
     save_folder = cfg.save_folder
-    if not save_folder:
-        raise ValueError('save_folder is empty: give the folder for the pseudo labels (save_folder <dir>)')
     feat_dim = cfg.feat_dim or formats.feature_dim(cfg.feature_2d_extractor)
     text = text_embeddings_from_config(cfg, info, device=device)
     if feat_dim is not None and text.shape[1] != feat_dim:
@@ -185,11 +187,11 @@ def run(cfg):
     # scenes are scored one at a time and summed into a confusion matrix (ScanNet train has ~1e8 points)
     conf = np.zeros((info.num_classes + 1, info.num_classes + 1), np.int64)
     n_points = n_covered = n_with_gt = n_written = n_skipped = 0
-    with RunFolder(save_folder, 'PLG'), OutputManifest(save_folder, 'plg', plg_settings(cfg, text, scene_labels)) as manifest:
-        for path in tqdm(paths, desc='PLG', unit='scene', file=sys.stdout):
+    with OutputManifest(save_folder, 'plg', plg_settings(cfg, text, scene_labels)) as manifest:
+        for path in progress(paths, 'PLG', log=logger.info, unit='scene'):
             scene = formats.scene_name(path)
             pt = formats.load_scene_3d(path, info.num_classes)
-            scene_mask = scene_tags_of(scene, path, pt, scene_labels, cfg, info)
+            scene_mask = scene_tags_of(scene, path, pt, scene_labels, cfg, info, logger.info)
             tags = {'tags': [info.labels[c] for c in np.flatnonzero(scene_mask)]}
             feat_paths = formats.fused_feature_files(cfg.data_root_2d_fused_feature, scene, all_scenes)
             outputs = formats.pseudo_label_paths(save_folder, scene)
@@ -199,7 +201,7 @@ def run(cfg):
                 n_skipped += 1
             else:
                 if not cfg.overwrite and os.path.exists(outputs[0]):
-                    tqdm.write(f"PLG: recomputing '{scene}': {why}")
+                    logger.info(f"recomputing '{scene}': {why}")
                 feat, mask_full = formats.load_scene_fused_features(feat_paths, num_points=pt.coords.shape[0],
                                                                     feat_dim=feat_dim)
                 pred, prob = plg_scene(pt.coords, feat, mask_full.numpy(), text, scene_mask,
@@ -230,12 +232,12 @@ def run(cfg):
                 'num_points': n_points,
                 'iou': {n: (None if np.isnan(v) else float(v)) for n, v in zip(info.labels, res['iou'])},
             })
-            print(format_table(res))
-            print(f"PLG: pseudo-label mIoU {100 * res['miou']:.2f} (unlabeled counted wrong), "
+            logger.info('pseudo labels against GT\n' + format_table(res))
+            logger.info(f"PLG: pseudo-label mIoU {100 * res['miou']:.2f} (unlabeled counted wrong), "
                   f"coverage {100 * summary['coverage']:.2f}% of {summary['num_points']} points, "
                   f"{len(paths)} scenes ({n_written} written, {n_skipped} already done)")
         else:
-            print(f"PLG: {len(paths)} scenes ({n_written} written, {n_skipped} already done); no GT for mIoU")
+            logger.info(f"PLG: {len(paths)} scenes ({n_written} written, {n_skipped} already done); no GT for mIoU")
         atomic_write_text(os.path.join(save_folder, 'plg_summary.json'), json.dumps(summary, indent=2))
     return summary
 

@@ -1,15 +1,14 @@
 #!/bin/sh
-# Pseudo-label generation (PLG), as upstream's generation_vlm.sh: writes the pseudo labels into <exp_dir>,
-# keeps a copy of the config and a timestamped log there. Run from the repository root:
-#   sh vlm_ps_generation/generation_vlm.sh <exp_dir> <config> [key value ...]
+# Pseudo-label generation (PLG), as upstream's generation_vlm.sh: pseudo labels, summary, log and the resolved
+# config go to <exp_dir>. Works from any folder.
+#   sh vlm_ps_generation/generation_vlm.sh <exp_dir> <config> [key value | key=value ...]
 #   sh vlm_ps_generation/generation_vlm.sh exp/scannet/plg vlm_ps_generation/config/scannet.yaml
 set -e
-if [ $# -lt 2 ]; then
-  echo "usage: $0 <exp_dir> <config> [key value ...]" >&2
-  exit 2
-fi
+here=$(dirname "$0")
+DRIVER=$0 SCRIPT=vlm_ps_generation/generation_vlm.py WHAT="PLG: pseudo labels of a split into <exp_dir>"
+EXAMPLE="exp/scannet/plg vlm_ps_generation/config/scannet.yaml"
+. "${here}/../run/usage.sh"
 exp_dir=$1
 config=$2
 shift 2
-exec sh run/stage.sh plg "${exp_dir}" "${config}" \
-  "${PYTHON:-python}" -u vlm_ps_generation/generation_vlm.py --config "${config}" save_folder "${exp_dir}" "$@"
+exec sh "${here}/../run/stage.sh" "${SCRIPT}" save_folder "${exp_dir}" "${config}" "$@"
