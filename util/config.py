@@ -142,10 +142,15 @@ def get_parser(description='3DSS-VLG', default_config=None):
     return parser
 
 
-def load_config(argv=None, description='3DSS-VLG', default_config=None):
-    """Parse ``--config path [key value ...]`` (``argv`` defaults to sys.argv) into a CfgNode."""
+def load_config(argv=None, description='3DSS-VLG', default_config=None, defaults=None):
+    """Parse ``--config path [key value ...]`` (``argv`` defaults to sys.argv) into a CfgNode.
+
+    ``defaults``: keys a script adds to a config made for another stage (query.py reads the evaluation
+    config and adds its own keys); the YAML's value wins, and overrides are cast to the default's type."""
     args = get_parser(description, default_config).parse_args(argv)
     cfg = load_cfg_from_cfg_file(args.config)
+    for key, value in (defaults or {}).items():
+        cfg.setdefault(key, value)
     if args.opts:
         cfg = merge_cfg_from_list(cfg, args.opts)
     cfg.setdefault('config_file', args.config)

@@ -142,7 +142,8 @@ def eval_dataset(cfg, split):
 
 def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None, test_repeats=1, seed=0,
                   feature_type='distill', fused_feature_root='', mark_no_feature_to_unknown=False,
-                  amp=False, rank=0, world_size=1, workers=0, on_scene=None):
+                  amp=False, rank=0, world_size=1, workers=0, on_scene=None, on_features=None, forward=None,
+                  progress=''):
     """Predict every scene of ``dataset`` (``Point3DLoader(eval_all=True)``-like items
     ``(coords [V,4], feats [V,3], labels [N], inverse [N])``); returns the confusion matrices summed over
     scenes of (the prediction from all ``test_repeats`` voxelisations summed, the first voxelisation alone):
@@ -152,6 +153,13 @@ def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None,
     confusion matrix. For every scene ``on_scene(index, pred [N] int64, logits [N, C] float32, gt [N])``
     is called once its repeats are summed (e.g. to save predictions). ``seed`` fixes the random
     voxelisations, so two calls with one checkpoint give the same predictions.
+
+    ``on_features(index, features, inverse, fused_mask)`` (optional) sees the features every repeat is scored
+    from, before ``on_scene`` of that scene: the network's voxel features [V, D] with the point -> voxel map
+    ``inverse`` [N], or for 'fusion' the points' 2D features [N, D] with ``inverse`` None and the coverage mask
+    (query.py scores free-text queries from them in the same pass). ``forward`` replaces ``forward_voxels``
+    (same signature; query.py's tiled forward for scans too large for one pass). ``progress``: a non-empty
+    string shows a progress bar over the voxelisations with that description.
     """
     if collate_eval is None:
         from dataset.point_loader import collation_fn_eval_all as collate_eval
@@ -168,10 +176,14 @@ def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None,
     repeats = 1 if feature_type == 'fusion' else test_repeats  # the 2D features have no randomness
     if model is not None:
         model.eval()
+    forward = forward_voxels if forward is None else forward
     with fixed_rng(seed), torch.no_grad():
         loader = DataLoader(_Repeated(dataset, indices, repeats), batch_size=1, shuffle=False,
                             num_workers=workers, collate_fn=functools.partial(_collate_one, collate_eval=collate_eval))
         current, summed, gt, fused, fused_mask = None, None, None, None, None
+        if progress:
+            from tqdm import tqdm
+            loader = tqdm(loader, desc=progress, unit='voxelisation', dynamic_ncols=True)
         for k, (index, (coords, feats, labels, inverse)) in enumerate(loader):
             if index != current:
                 current, summed, gt = index, None, labels.numpy()
@@ -180,9 +192,13 @@ def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None,
                         fused_feature_root, dataset.data_paths[index], labels.shape[0], text_embeddings.shape[1])
             if feature_type == 'fusion':
                 logits = fused @ text_embeddings.float().t()
+                if on_features is not None:
+                    on_features(index, fused, None, fused_mask)
             else:
-                voxel_features = forward_voxels(model, coords, feats, device, amp)
+                voxel_features = forward(model, coords, feats, device, amp)
                 logits = point_logits(voxel_features, inverse, text_embeddings, fused, fused_mask).cpu()
+                if on_features is not None:
+                    on_features(index, voxel_features, inverse, fused_mask)
             summed = logits if summed is None else summed + logits
             if k % repeats == 0:  # first repeat of this scene
                 first = summed.argmax(1)
