@@ -180,6 +180,9 @@ class ScanLoader(Point3DLoader):
         super().__init__(data_paths=list(paths), voxel_size=voxel_size, aug=False, eval_all=True,
                          input_color=input_color, seed=seed)
 
+    def scene_name(self, index):
+        return scan_name(self.data_paths[index % len(self.data_paths)])
+
     def _read_scene(self, index):
         if index in self._cache:
             return super()._read_scene(index)

@@ -271,11 +271,13 @@ def score_stats(scores, threshold, covered=None, gt=None, class_id=None, top_fra
         labelled = use & (np.asarray(gt) != IGNORE_LABEL)
         if labelled.any():
             g, sc = np.asarray(gt)[labelled], scores[labelled]
+            out['class_frequency'] = float((g == class_id).mean())
+            if not (g == class_id).any():  # the class is not in this scene: no precision to speak of
+                return out
             k = max(int(round(top_fraction * len(sc))), 1)
             top = np.argsort(-sc, kind='stable')[:k]
             out['top_fraction'] = top_fraction
             out['top_precision'] = float((g[top] == class_id).mean())
-            out['class_frequency'] = float((g == class_id).mean())
     return out
 
 
