@@ -125,19 +125,22 @@ def iou_bar_chart(result, path, title='per-class IoU', compare=()):
     return texts
 
 
-def point_spacing(coords, max_queries=50_000, seed=0):
-    """Median distance from a point to its nearest neighbour in 3D: the scan's sampling step.
+def point_spacing(coords, max_queries=50_000, seed=0, k=8):
+    """The scan's sampling step: 1 / sqrt(points per square metre of surface), from the median distance r_k to the
+    k-th nearest neighbour in 3D (on a surface, k points within r_k: step = r_k sqrt(pi / k)).
 
-    The tree holds every point (a subsample would be sparser than the scan); the distance is measured from at
-    most ``max_queries`` random points of it (seconds for millions of points)."""
+    The k-th neighbour rather than the first, so that clustered sampling (several returns per spot, as scanners
+    and fused frames give) is measured by how it covers the surface, not by the gaps inside a cluster. The tree
+    holds every point; distances are measured from at most ``max_queries`` of them (seconds for millions)."""
     from scipy.spatial import cKDTree
     coords = np.asarray(coords, np.float64)
     n = len(coords)
     if n < 2:
         return 1.0
+    k = min(k, n - 1)
     queries = coords if n <= max_queries else coords[np.random.default_rng(seed).choice(n, max_queries, replace=False)]
-    dist, _ = cKDTree(coords).query(queries, k=2)
-    step = float(np.median(dist[:, 1]))
+    dist, _ = cKDTree(coords).query(queries, k=k + 1)
+    step = float(np.median(dist[:, k])) * float(np.sqrt(np.pi / k))
     if step <= 0:  # duplicated points: fall back to the mean spacing over the footprint
         extent = np.maximum(coords[:, :2].max(0) - coords[:, :2].min(0), 1e-6)
         step = float(np.sqrt(extent[0] * extent[1] / n))
