@@ -45,7 +45,7 @@ class ViewerApp:
         self.server.scene.set_up_direction('+z')
         self.lock = threading.RLock()  # one redraw at a time (events arrive on several threads; re-entrant: setting
         # a GUI value from here may run its callback on this thread)
-        self.cloud = None
+        self.cloud, self.result = None, None
         self.query_scores, self.query_text, self.query_note = None, '', ''
         gui = self.server.gui
         gui.add_markdown(f'**3DSS-VLG** · {html.escape(data.cfg.feature_type)} features · '
@@ -62,7 +62,8 @@ class ViewerApp:
 
         @self.scene_box.on_update
         def _(_event):
-            self.show_scene(self.scene_box.value)
+            if self.result is None or self.scene_box.value != self.result.name:
+                self.show_scene(self.scene_box.value)
 
         @self.mode_box.on_update
         def _(_event):
@@ -87,11 +88,12 @@ class ViewerApp:
             self.status.content = f'computing **{html.escape(name)}** ...'
             self.cloud = None  # the old cloud's point count no longer matches
             self.result = self.data.scene(name)
+            self.scene_box.value = name  # when called from Python (first scene, screenshots), not the selector
             r = self.result
             rows = r.embedding_rows
             self.points = r.coords[rows]
-            if not self._point_size_set:  # about two sampling steps: surfaces look closed
-                self.size_slider.value = float(np.clip(2.0 * vis.point_spacing(self.points), 0.002, 0.2))
+            if not self._point_size_set:  # 1.5 sampling steps: surfaces look closed, edges stay sharp
+                self.size_slider.value = float(np.clip(1.5 * vis.point_spacing(self.points), 0.002, 0.2))
             self.query_scores, self.query_text, self.query_note = None, '', ''
             modes = [m for m in MODES if r.has_gt or m not in ('ground truth', 'errors')]
             self.mode_box.options = modes
@@ -107,7 +109,7 @@ class ViewerApp:
         lo, hi = self.points.min(0), self.points.max(0)
         centre = (lo + hi) / 2
         span = float(np.max(hi - lo))
-        position = centre + np.array([0.0, -0.9 * span, 1.1 * span])
+        position = centre + np.array([0.0, -0.55 * span, 0.95 * span])  # from the front, well above the walls
         self.server.initial_camera.look_at = tuple(centre)
         self.server.initial_camera.position = tuple(position)
         for client in self.server.get_clients().values():
@@ -185,6 +187,8 @@ class ViewerApp:
                          f'(class frequency {100 * stats["class_frequency"]:.0f} %)')
         with self.lock:
             self.query_scores, self.query_text, self.query_note = scores, text, note
+            if self.query_box.value != text:  # a query run from Python shows in the text box too
+                self.query_box.value = text
         self.mode_box.value = 'query'
         self.recolor()
 
