@@ -50,7 +50,7 @@ QUERY_DEFAULTS = {
     'ess_embedding_path': '',     # feature_type ess: the ESS inference output folder
     'score_threshold': 0.2,       # cosine similarity; the JSON reports the fraction of points above it
     'max_voxels': 1_000_000,      # larger voxelisations run in tiles (memory); 0 = never tile
-    'tile_margin': 2.0,           # metres of context around each tile
+    'tile_margin': 1.0,           # metres of context around each tile (points near a tile border may differ)
     'topdown_ceiling_crop': -1.0,  # metres cut below the top for the pictures; < 0 = by label set (S3DIS 0.5)
 }
 
