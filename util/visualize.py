@@ -254,9 +254,10 @@ def topdown_panels_png(path, coords, panels, title='', legend=None, max_z=None, 
     fig.text(0.99, 0.005, note, ha='right', va='bottom', fontsize=7, color='0.4')
     bottom = 0.0
     if legend:
-        rows = -(-len(legend) // 6)
-        bottom = min(0.05 + 0.045 * rows, 0.4)
-        fig.legend(handles=_legend_handles(legend), loc='lower center', ncol=min(len(legend), 6), fontsize=8,
+        ncol = min(len(legend), 3 * n)  # about three names fit under each panel
+        rows = -(-len(legend) // ncol)
+        bottom = min(0.05 + 0.045 * rows, 0.45)
+        fig.legend(handles=_legend_handles(legend), loc='lower center', ncol=ncol, fontsize=8,
                    frameon=False, bbox_to_anchor=(0.5, 0.015))
     if title:
         fig.suptitle(title)
