@@ -171,14 +171,15 @@ class ScoreAccumulator:
             self.reset(index, num_points)
         device = features.device
         text = self.text.to(device)
-        # voxel (or point) scores, normalised chunk by chunk so that no second [V, D] copy is made
-        scores = torch.empty(features.shape[0], text.shape[0], device=device)
-        for s in range(0, features.shape[0], SCORE_CHUNK):
-            unit = torch.nn.functional.normalize(features[s:s + SCORE_CHUNK].float(), dim=1)
-            scores[s:s + SCORE_CHUNK] = unit @ text.t()
-        if inverse is not None:
-            scores = scores[inverse.to(device)]
-        self.sum += scores.cpu()
+        if text.shape[0]:  # no queries (a segmentation alone): nothing to score
+            # voxel (or point) scores, normalised chunk by chunk so that no second [V, D] copy is made
+            scores = torch.empty(features.shape[0], text.shape[0], device=device)
+            for s in range(0, features.shape[0], SCORE_CHUNK):
+                unit = torch.nn.functional.normalize(features[s:s + SCORE_CHUNK].float(), dim=1)
+                scores[s:s + SCORE_CHUNK] = unit @ text.t()
+            if inverse is not None:
+                scores = scores[inverse.to(device)]
+            self.sum += scores.cpu()
         if self.rows is not None:
             rows = self.rows if inverse is None else inverse[self.rows]
             unit = torch.nn.functional.normalize(features[rows.to(device)].float(), dim=1).cpu()
