@@ -175,8 +175,12 @@ def infer(cfg, device, logger):
         for name in VARIANTS:
             covered = metric.evaluate_confusion(conf[name], info.labels)
             all_points = metric.evaluate_confusion(conf_all[name], info.labels, no_feature_in_iou=True)
+            per_class = lambda r: {n: (None if np.isnan(v) else float(v)) for n, v in zip(info.labels, r['iou'])}
             results[split][name] = {'miou_covered': covered['miou'], 'miou_all_points': all_points['miou'],
-                                    'macc_covered': covered['macc'], 'macc_all_points': all_points['macc']}
+                                    'macc_covered': covered['macc'], 'macc_all_points': all_points['macc'],
+                                    # per class, for evaluate.py's bar chart of PLG / ESS / ESG side by side
+                                    'iou_covered': per_class(covered), 'iou_all_points': per_class(all_points),
+                                    'num_points': all_points['num_points']}  # labelled points: identifies the data
             if name == 'ESS adapted, argmax':
                 logger.info(f'{split}: per-class IoU of the ESS adapted labels (argmax, covered points)\n'
                             + metric.format_table(covered))

@@ -9,8 +9,11 @@ random voxelisations whose logits are summed (``util.inference.predict_split``, 
 ``train_esg.py`` runs), and writes to ``save_folder``:
     <scene>_pred.npy              predicted label per point (int64; 'unlabeled' = number of classes)
     <scene>_pred.ply, _gt.ply      coloured point clouds (``save_ply``)
-    <scene>_topdown.png            prediction beside GT from above (``save_png``)
+    <scene>_topdown.png            prediction, GT and the errors (correct / wrong / ignored / no 2D feature) from
+                                  above (``save_png``; ``topdown_ceiling_crop`` metres cut below the top, S3DIS 0.5)
     iou_per_class.png, metrics.txt, eval_summary.json
+``iou_per_class.png`` puts the PLG and ESS labels' IoU of the same split beside the network's when
+``stage_metrics`` names ESS inference's ``ess_eval_metrics.json`` (the demo config does).
 ``feature_type``: 'distill' (the 3D network, the paper's number), 'fusion' (the 2D features given in
 ``data_root_2d_fused_feature`` alone) or 'ensemble' (OpenScene's 2D-3D ensemble).
 """
@@ -32,7 +35,8 @@ from util.misc import Timer, set_seed
 from util.provenance import array_digest, code_version, file_digest
 from util.run_folder import ExistingResultsError, RunFolder
 from util.text_embeddings import text_embeddings_from_config
-from util.visualize import iou_bar_chart, labels_to_colors, topdown_png, write_ply
+from util.visualize import (IGNORED_COLOR, ceiling_crop, ceiling_height, error_colors, iou_bar_chart,
+                            labels_to_colors, topdown_panels_png, write_ply)
 
 
 SCHEMA = Schema('Evaluate an ESG 3D network: per-point predictions, mIoU / mAcc, pictures', [
@@ -49,6 +53,10 @@ SCHEMA = Schema('Evaluate an ESG 3D network: per-point predictions, mIoU / mAcc,
         'TEST'),
     Key('save_ply', bool, True, 'write coloured PLY files of prediction and GT', 'TEST'),
     Key('save_png', bool, True, 'write a top-down picture per scene', 'TEST'),
+    Key('topdown_ceiling_crop', float, -1.0, 'metres cut below the top in the pictures (-1: 0.5 for S3DIS, whose '
+        'ceilings hide the room, none for ScanNet)', 'TEST'),
+    Key('stage_metrics', str, '${exp_root}/ess/ess_eval_metrics.json', "ESS inference's metrics: PLG and ESS bars "
+        "beside the network's in the per-class chart ('' = none)", 'TEST'),
     workers_key(1),
     *run_keys('save_folder', '${exp_root}/esg/result_eval', seed=1463),
 ], example='python evaluate.py --config config/scannet/openseg_eval.yaml model_path exp/scannet/esg/best.pth '
@@ -83,7 +91,9 @@ def build_model(cfg, device, log):
 
 def scene_writer(cfg, val_set, info):
     """Callback of ``predict_split``: save a scene's predictions and pictures."""
+    from util.query import coverage_mask
     palette = info.palette_with_unlabeled()
+    crop = ceiling_crop(cfg, info)
 
     def on_scene(index, pred, _logits, gt):
         path = val_set.data_paths[index]
@@ -97,10 +107,17 @@ def scene_writer(cfg, val_set, info):
                 write_ply(os.path.join(cfg.save_folder, f'{name}_gt.ply'), coords, gt_colors, gt)
             if cfg.save_png:
                 shown = np.union1d(np.unique(pred), np.unique(gt[gt != IGNORE_LABEL]))
-                names = list(info.labels) + ['unlabeled']
+                names = list(info.labels) + ['unlabeled (no 2D feature)']
                 legend = [(names[c], palette[c]) for c in shown if c <= info.num_classes]
-                topdown_png(os.path.join(cfg.save_folder, f'{name}_topdown.png'), coords, pred_colors, gt_colors,
-                            title=f'{name}  ({cfg.feature_type})', legend=legend)
+                if (gt == IGNORE_LABEL).any():
+                    legend.append(('ignored (no GT)', IGNORED_COLOR))
+                # which points no view saw: the 3D network fills them, the 2D features cannot
+                covered = coverage_mask(cfg.data_root_2d_fused_feature, path, len(coords))
+                errors, categories = error_colors(pred, gt, info.num_classes, covered)
+                topdown_panels_png(os.path.join(cfg.save_folder, f'{name}_topdown.png'), coords,
+                                   [('prediction', pred_colors), ('ground truth', gt_colors), ('errors', errors)],
+                                   title=f'{name}  ({cfg.feature_type})', legend=legend, panel_legends={2: categories},
+                                   max_z=ceiling_height(coords, crop) if crop > 0 else None)
     return on_scene
 
 
@@ -144,6 +161,38 @@ def claim_results(folder, provenance, scenes, overwrite, log):
         log(f"overwrite True: deleted the earlier results in '{folder}'")
     atomic_write_text(path, json.dumps({'provenance': provenance, 'scenes': scenes, 'code': code_version()},
                                        indent=2))
+
+STAGE_NAMES = {'distill': 'ESG 3D network', 'fusion': '2D fused features', 'ensemble': '2D-3D ensemble'}
+# ESS inference's rows (eval_openseg_pre_train.py) shown beside the network: the PLG formula on the raw features
+# and the ESS embeddings' argmax
+STAGE_ROWS = (('PLG pseudo labels (GT tags)', 'raw fused, scene-label mask (PLG formula per point)'),
+              ('ESS embeddings, argmax', 'ESS adapted, argmax'))
+
+
+def stage_comparison(cfg, logger, num_points):
+    """[(series name, {class: IoU all points})] of PLG and ESS on ``split`` from ``stage_metrics``, or [] (said in
+    the log) when the key is empty, the file does not exist yet, has no per-class values for the split, or scored
+    another number of labelled points than this evaluation (``num_points``): then it is about other data."""
+    path = cfg.get('stage_metrics', '')
+    if not path:
+        return []
+    if not os.path.isfile(path):
+        logger.info(f"stage_metrics '{path}' does not exist (run ESS inference first): the bar chart shows this "
+                    f"evaluation alone")
+        return []
+    with open(path) as f:
+        metrics = json.load(f)
+    rows = metrics.get(cfg.split, {})
+    series = [(name, rows[key]['iou_all_points']) for name, key in STAGE_ROWS if 'iou_all_points' in rows.get(key, {})]
+    counts = {rows[key].get('num_points') for _, key in STAGE_ROWS if key in rows}
+    if series and counts != {num_points}:
+        logger.info(f"stage_metrics '{path}' scored {sorted(counts, key=str)} labelled points on '{cfg.split}', this "
+                    f"evaluation {num_points}: other data, so the bar chart shows this evaluation alone")
+        return []
+    if not series:
+        logger.info(f"stage_metrics '{path}' has no per-class IoU of split '{cfg.split}' (rerun ESS inference with "
+                    f"'{cfg.split}' in its splits): the bar chart shows this evaluation alone")
+    return series
 
 
 def main(argv=None):
@@ -203,8 +252,11 @@ def evaluate(cfg, dist_info, device, logger):
                     f"{table}\ncoverage {coverage:.3f}; mIoU of the first voxelisation alone {first['miou']:.4f}")
         atomic_write_text(os.path.join(cfg.save_folder, 'metrics.txt'), table + '\n')
         atomic_write_text(os.path.join(cfg.save_folder, 'eval_summary.json'), json.dumps(summary, indent=2))
-        iou_bar_chart(result, os.path.join(cfg.save_folder, 'iou_per_class.png'),
-                      title=f"{cfg.labelset} {cfg.split}: mIoU {result['miou']:.3f} ({cfg.feature_type})")
+        compare = stage_comparison(cfg, logger, result['num_points'])
+        result['series_name'] = STAGE_NAMES.get(cfg.feature_type, cfg.feature_type)
+        iou_bar_chart(result, os.path.join(cfg.save_folder, 'iou_per_class.png'), compare=compare,
+                      title=f"{cfg.labelset} {cfg.split}: per-class IoU" + (', all points' if compare else '') +
+                            f" (mIoU {result['miou']:.3f}, {cfg.feature_type})")
         logger.info(f"predictions and pictures in '{cfg.save_folder}'")
     return summary
 

@@ -26,7 +26,7 @@ SCANNET_PALETTE_20 = (
 S3DIS_PALETTE_13 = (
     (0, 255, 0), (0, 0, 255), (0, 255, 255), (255, 255, 0), (255, 0, 255), (100, 100, 255),
     (200, 200, 100), (170, 120, 200), (255, 0, 0), (200, 100, 100), (10, 200, 100),
-    (200, 200, 200), (50, 50, 50))
+    (200, 200, 200), (170, 110, 20))  # clutter: brown, not the usual (50, 50, 50), which black 'unlabeled' hides
 
 UNLABELED_COLOR = (0, 0, 0)  # 'unlabeled' / 'no feature' / ignored points
 

@@ -68,13 +68,16 @@ class Point3DLoader(torch.utils.data.Dataset):
     def __init__(self, datapath_prefix='data', voxel_size=0.05, split='train', aug=False, memcache_init=False,
                  identifier=1233, loop=1, data_aug_color_trans_ratio=0.1, data_aug_color_jitter_std=0.05,
                  data_aug_hue_max=0.5, data_aug_saturation_max=0.2, eval_all=False, input_color=False, seed=None,
-                 num_classes=None):
+                 num_classes=None, data_paths=None):
         super().__init__()
         if loop < 1:
             raise ValueError(f"loop must be >= 1, found {loop}")
         self.split = split
         self.identifier = identifier  # kept for upstream's signature (named its shared-memory arrays)
-        self.data_paths = list_scenes(datapath_prefix, split or '')
+        # data_paths: explicit scene files instead of <datapath_prefix>/<split> (one's own scans, query.py)
+        self.data_paths = list(data_paths) if data_paths is not None else list_scenes(datapath_prefix, split or '')
+        if not self.data_paths:
+            raise ValueError('Point3DLoader: data_paths is empty')
         self.datapath_prefix = datapath_prefix
         self.voxel_size = voxel_size
         self.aug = aug

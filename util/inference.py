@@ -148,7 +148,8 @@ def eval_dataset(cfg, split):
 
 def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None, test_repeats=1, seed=0,
                   feature_type='distill', fused_feature_root='', mark_no_feature_to_unknown=False,
-                  amp=False, rank=0, world_size=1, workers=0, on_scene=None, log=None):
+                  amp=False, rank=0, world_size=1, workers=0, on_scene=None, on_features=None, forward=None,
+                  log=None, desc='predicting'):
     """Predict every scene of ``dataset`` (``Point3DLoader(eval_all=True)``-like items
     ``(coords [V,4], feats [V,3], labels [N], inverse [N])``); returns the confusion matrices summed over
     scenes of (the prediction from all ``test_repeats`` voxelisations summed, the first voxelisation alone):
@@ -157,8 +158,14 @@ def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None,
     Scenes are split over processes (scene i goes to rank i % world_size); the caller all-reduces the
     confusion matrix. For every scene ``on_scene(index, pred [N] int64, logits [N, C] float32, gt [N])``
     is called once its repeats are summed (e.g. to save predictions). ``seed`` fixes the random
-    voxelisations, so two calls with one checkpoint give the same predictions. ``log`` receives progress
-    lines with an ETA when no terminal shows a progress bar (util/progress.py).
+    voxelisations, so two calls with one checkpoint give the same predictions.
+
+    ``on_features(index, features, inverse, fused_mask)`` (optional) sees the features every repeat is scored
+    from, before ``on_scene`` of that scene: the network's voxel features [V, D] with the point -> voxel map
+    ``inverse`` [N], or for 'fusion' the points' 2D features [N, D] with ``inverse`` None and the coverage mask
+    (query.py scores free-text queries from them in the same pass). ``forward`` replaces ``forward_voxels``
+    (same signature; query.py's tiled forward for scans too large for one pass). Progress over the
+    voxelisations (``desc``) is a bar on a terminal, else lines with an ETA to ``log`` (util/progress.py).
     """
     if collate_eval is None:
         from dataset.point_loader import collation_fn_eval_all as collate_eval
@@ -175,11 +182,12 @@ def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None,
     repeats = 1 if feature_type == 'fusion' else test_repeats  # the 2D features have no randomness
     if model is not None:
         model.eval()
+    forward = forward_voxels if forward is None else forward
     with fixed_rng(seed), torch.no_grad():
         loader = DataLoader(_Repeated(dataset, indices, repeats), batch_size=1, shuffle=False,
                             num_workers=workers, collate_fn=functools.partial(_collate_one, collate_eval=collate_eval))
         current, summed, gt, fused, fused_mask = None, None, None, None, None
-        batches = progress(loader, 'predicting', log=log, unit='voxelisation')
+        batches = progress(loader, desc, log=log, unit='voxelisation')
         for k, (index, (coords, feats, labels, inverse)) in enumerate(batches):
             if index != current:
                 current, summed, gt = index, None, labels.numpy()
@@ -188,9 +196,13 @@ def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None,
                         fused_feature_root, dataset.data_paths[index], labels.shape[0], text_embeddings.shape[1])
             if feature_type == 'fusion':
                 logits = fused @ text_embeddings.float().t()
+                if on_features is not None:
+                    on_features(index, fused, None, fused_mask)
             else:
-                voxel_features = forward_voxels(model, coords, feats, device, amp)
+                voxel_features = forward(model, coords, feats, device, amp)
                 logits = point_logits(voxel_features, inverse, text_embeddings, fused, fused_mask).cpu()
+                if on_features is not None:
+                    on_features(index, voxel_features, inverse, fused_mask)
             summed = logits if summed is None else summed + logits
             if k % repeats == 0:  # first repeat of this scene
                 first = summed.argmax(1)

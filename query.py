@@ -1,0 +1,258 @@
+"""Ask a trained ESG network free-text questions, segment with any label set, predict one's own scans.
+
+    python query.py --config config/scannet/openseg_eval.yaml model_path exp/scannet/esg/best.pth \
+        queries "chair;a soft place to sit" save_folder out/query [split val | scenes a,b | input scan.ply]
+    python query.py --config config/demo/openseg_eval.yaml labels "sofa;lamp;plant" scenes scene0100_00
+    python query.py --config config/demo/openseg_eval.yaml input my_room.ply          # one's own scan
+
+The evaluation config (every key of it applies: test_repeats, voxel_size, model, text embeddings) plus the
+keys of ``_query_keys`` (``python query.py --help``), given as ``key value`` overrides. Per scene and query (``util/query.py``: cosine similarity
+between the text embedding and the network's point embedding, averaged over the test-time voxelisations):
+    <scene>_<query slug>.ply    the points coloured by the heat map, a float 'score' per vertex, the scan's own
+                                colours as scan_red / scan_green / scan_blue
+    <scene>_<query slug>.png    from above: the scene's colours beside the heat map
+    <scene>_queries.json        per query: score distribution, fraction above score_threshold, and with GT
+                                (query = a class name) the precision of the top 10 % points and the class frequency
+and per scene the segmentation with the label set (``labels``, default the config's classes; argmax of the
+summed logits, evaluate.py's rule): <scene>_pred.npy (label index per point), <scene>_pred.ply ('label' per
+vertex), <scene>_pred.png (colours, prediction, and GT and errors when the scene has GT); once: legend.png,
+labels.json, query_summary.json and query_config.yaml (the resolved config; the viewer reads it).
+
+Scenes: ``split`` (default the config's), ``scenes a,b`` (names within that split), or ``input`` a .ply / .pth
+scan or a folder of them (dataset/scan_io.py: x y z and colours are read, voxelised as in training, every
+point predicted; ``input_up_axis y`` for y-up scans, ``input_scale 0.001`` for millimetres). Scans with more
+than ``max_voxels`` voxels in a voxelisation run in tiles (``util.query.tiled_forward``).
+"""
+import json
+import os
+
+import numpy as np
+
+from dataset.formats import scene_name
+from dataset.label_constants import IGNORE_LABEL, dataset_info
+from util.config import load_config
+from util.io import atomic_np_save, atomic_write_text
+from util.misc import Timer, get_device, set_seed
+from util.run_folder import RunFolder
+from util import query as q
+from util import visualize as vis
+
+def _query_keys():
+    from pipeline.keys import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, one_of
+    from util.config import Key
+    return [
+        Key('queries', str, '', "free-text queries separated by ';', e.g. 'chair;a soft place to sit'", 'QUERY'),
+        Key('labels', str, '', "a label set separated by ';' for the segmentation ('' = the config's classes)",
+            'QUERY'),
+        Key('query_embeddings', str, '', '.npy [Q, D]: one text embedding per name of queries (else labels), in order',
+            'QUERY', exists='file'),
+        Key('scenes', str, '', "scenes of split to answer, 'a,b' ('' = all)", 'QUERY'),
+        Key('input', str, '', "one's own scan(s): a .ply / .pth file or a folder of them, instead of the data set",
+            'QUERY'),
+        Key('input_up_axis', str, 'z', 'the up axis of the input scans (y for ARKit and many phone apps)', 'QUERY',
+            **one_of('x', 'y', 'z')),
+        Key('input_scale', float, 1.0, 'to metres: 0.001 for scans in millimetres', 'QUERY', **POSITIVE),
+        Key('ess_embedding_path', str, '${exp_root}/ess_embeddings', 'feature_type ess: the ESS inference output',
+            'QUERY'),
+        Key('score_threshold', float, 0.2, 'cosine similarity; the JSON reports the share of points above it',
+            'QUERY'),
+        Key('max_voxels', int, 1_000_000, 'larger voxelisations run in tiles (memory); 0 = never tile', 'QUERY',
+            **NON_NEGATIVE_INT),
+        Key('tile_margin', float, 1.0, 'metres of context around each tile', 'QUERY', **NON_NEGATIVE),
+    ]
+
+
+def _schema():
+    """The evaluation's keys (the same prediction) with query.py's own; the feature types add 'ess'."""
+    import evaluate
+    from pipeline.keys import one_of
+    from util.config import Key, Schema
+    keys = [k for k in evaluate.SCHEMA.keys if k.name not in ('feature_type', 'save_folder')]
+    keys += [Key('feature_type', str, 'distill', "distill (the 3D network), fusion (the fused 2D features) or ess "
+                 "(the ESS embeddings)", 'TEST', **one_of('distill', 'fusion', 'ess')),
+             Key('save_folder', str, '${exp_root}/query', 'output folder of the answers', 'RUN'),
+             *_query_keys()]
+    return Schema('Open-vocabulary queries and segmentation with any label set, on the data set or own scans', keys,
+                  example='python query.py --config config/demo/openseg_eval.yaml queries "chair;a place to sleep" '
+                          'scenes=scene0016_00')
+
+
+SCHEMA = _schema()
+
+
+def build_dataset(cfg):
+    """The scenes to answer: own scans (``input``), named scenes of ``split`` (``scenes``; voxelised as in the
+    whole split, ``util.query.SceneSubset``), or all of ``split``."""
+    from dataset.scan_io import ScanLoader, list_scans
+    from util.inference import eval_dataset
+    if cfg.input:
+        if cfg.scenes:
+            raise ValueError("give either input (own scans) or scenes (of the data set), not both")
+        return ScanLoader(list_scans(cfg.input), cfg.voxel_size, input_color=cfg.input_color, seed=cfg.manual_seed,
+                          up_axis=cfg.input_up_axis, scale=cfg.input_scale)
+    dataset = eval_dataset(cfg, cfg.split)
+    if not cfg.scenes:
+        return dataset
+    index = {scene_name(p): i for i, p in enumerate(dataset.data_paths)}
+    wanted = [s.strip() for s in str(cfg.scenes).split(',') if s.strip()]
+    missing = [s for s in wanted if s not in index]
+    if missing:
+        raise ValueError(f"scenes {missing} are not in '{os.path.join(cfg.data_root, cfg.split)}' "
+                         f"(it holds {sorted(index)[:10]}{' ...' if len(index) > 10 else ''})")
+    return q.SceneSubset(dataset, [index[s] for s in wanted])
+
+
+def check_dimensions(cfg, label_emb, query_emb):
+    """The text embeddings must live in the space the scores are computed in."""
+    from dataset.formats import feature_dim
+    dim = feature_dim(cfg.feature_2d_extractor)
+    for what, emb in (('labels', label_emb), ('queries', query_emb)):
+        if emb.numel() and emb.shape[1] != dim:
+            raise ValueError(f"{what}: text embeddings of dimension {emb.shape[1]}, but the {cfg.feature_type} features "
+                             f"are {dim}-d (feature_2d_extractor {cfg.feature_2d_extractor}); use the CLIP model of "
+                             f"that space (clip_model) or matching query_embeddings")
+
+
+class SceneWriter:
+    """Writes one scene's files (module docstring) and collects the per-scene summaries."""
+
+    def __init__(self, cfg, info, labels, queries, palette, logger):
+        self.cfg, self.info, self.labels, self.queries = cfg, info, labels, queries
+        self.slugs = q.slugs(queries)
+        self.palette = list(palette) + [vis.UNLABELED_COLOR]
+        self.logger = logger
+        self.crop = vis.ceiling_crop(cfg, info)
+        # the query's class index in the *label set of the GT* (the config's), for the top-10 % precision
+        self.query_class = [q.class_index(info, name) for name in queries]
+        self.label_is_class = [q.class_index(info, name) for name in labels]
+        self.same_labels = [n.lower() for n in labels] == [n.lower() for n in info.labels]
+        self.scenes = {}
+
+    def __call__(self, r):
+        cfg, out = self.cfg, self.cfg.save_folder
+        max_z = vis.ceiling_height(r.coords, self.crop) if self.crop > 0 else None
+        view = vis.TopDown(r.coords, max_z=max_z)  # one raster for every picture of the scene
+        files = {}
+        # ---- segmentation with the label set
+        atomic_np_save(os.path.join(out, f'{r.name}_pred.npy'), r.pred)
+        pred_colors = vis.labels_to_colors(r.pred, self.palette)
+        vis.write_ply(os.path.join(out, f'{r.name}_pred.ply'), r.coords, pred_colors, r.pred)
+        panels = [('colours', r.colors), ('prediction', pred_colors)]
+        shown = set(np.unique(r.pred).tolist())
+        panel_legends = None
+        names = self.labels + ['unlabeled (no 2D feature)']
+        extra_legend = []
+        if r.has_gt:
+            gt_in_labels = self._gt_in_label_set(r.gt)
+            if gt_in_labels is not None:
+                panels.append(('ground truth', vis.labels_to_colors(gt_in_labels, self.palette)))
+                shown |= set(np.unique(gt_in_labels[gt_in_labels != IGNORE_LABEL]).tolist())
+                colors, categories = vis.error_colors(r.pred, gt_in_labels, len(self.labels), r.covered)
+                panels.append(('errors', colors))
+                panel_legends = {len(panels) - 1: categories}
+                if (gt_in_labels == IGNORE_LABEL).any():
+                    extra_legend.append(('ignored (no GT)', vis.IGNORED_COLOR))
+        legend = [(names[c], self.palette[c]) for c in sorted(shown) if c <= len(self.labels)] + extra_legend
+        vis.topdown_panels_png(os.path.join(out, f'{r.name}_pred.png'), r.coords, panels,
+                               title=f'{r.name}: {len(self.labels)} labels ({cfg.feature_type})', legend=legend,
+                               max_z=max_z, panel_legends=panel_legends, view=view)
+        files['pred'] = [f'{r.name}_pred.npy', f'{r.name}_pred.ply', f'{r.name}_pred.png']
+        # ---- queries
+        per_query = {}
+        for k, (query, slug) in enumerate(zip(self.queries, self.slugs)):
+            score = r.scores[:, k]
+            stats = q.score_stats(score, cfg.score_threshold, covered=r.covered if cfg.feature_type != 'distill' else None,
+                                  gt=r.gt if r.has_gt else None, class_id=self.query_class[k])
+            lo, hi = stats.get('percentiles', {}).get('1', 0.0), stats.get('percentiles', {}).get('99', 1.0)
+            missing = None if cfg.feature_type == 'distill' or r.covered is None else ~r.covered
+            heat = vis.heat_colors(score, lo, hi, missing=missing)
+            base = f'{r.name}_{slug}'
+            vis.write_ply(os.path.join(out, base + '.ply'), r.coords, heat,
+                          extra={'score': score, 'scan_red': r.colors[:, 0], 'scan_green': r.colors[:, 1],
+                                 'scan_blue': r.colors[:, 2]})
+            vis.topdown_panels_png(os.path.join(out, base + '.png'), r.coords,
+                                   [('colours', r.colors), (f'"{query}"', heat)], view=view, max_z=max_z,
+                                   title=f'{r.name}: "{query}" ({cfg.feature_type}, cosine similarity)',
+                                   colorbar=('inferno', lo, hi, 'cosine similarity (1st-99th percentile)'))
+            per_query[query] = {'slug': slug, 'files': [base + '.ply', base + '.png'], **stats}
+            if 'top_precision' in stats:
+                self.logger.info(f"{r.name} '{query}': top 10 % precision {stats['top_precision']:.3f} "
+                                 f"(class frequency {stats['class_frequency']:.3f})")
+        scene = {'scene': r.name, 'path': r.path, 'num_points': int(len(r.coords)), 'has_gt': r.has_gt,
+                 'coverage': None if r.covered is None else float(r.covered.mean()),
+                 'feature_type': cfg.feature_type, 'test_repeats': cfg.test_repeats, 'files': files,
+                 'label_counts': {self.labels[c] if c < len(self.labels) else 'unlabeled': int(n)
+                                  for c, n in zip(*np.unique(r.pred, return_counts=True))},
+                 'queries': per_query}
+        atomic_write_text(os.path.join(out, f'{r.name}_queries.json'), json.dumps(scene, indent=2))
+        self.scenes[r.name] = scene
+
+    def _gt_in_label_set(self, gt):
+        """GT in the indices of the given label set: identical for the config's classes; for another set, the
+        classes it shares by name are mapped and the rest ignored; None when it shares none."""
+        if self.same_labels:
+            return gt
+        table = np.full(256, IGNORE_LABEL, np.int64)
+        for j, c in enumerate(self.label_is_class):
+            if c is not None:
+                table[c] = j
+        if all(c is None for c in self.label_is_class):
+            return None
+        return table[np.where(gt == IGNORE_LABEL, 255, gt)]
+
+
+def main(argv=None):
+    cfg = load_config(argv, SCHEMA)
+    with RunFolder(cfg.save_folder, 'query') as folder:
+        device = get_device(cfg.device)
+        return answer(cfg, device, folder.start('query', cfg, SCHEMA, device))
+
+
+def answer(cfg, device, logger):
+    set_seed(cfg.manual_seed)
+    timer = Timer()
+    info = dataset_info(cfg.labelset)
+    queries = q.parse_names(cfg.queries, 'queries')
+    labels = q.parse_names(cfg.labels, 'labels') or list(info.labels)
+    if cfg.query_embeddings and cfg.labels and queries:
+        raise ValueError('query_embeddings holds the rows of one list of names: give queries or labels with it, not both')
+    # query_embeddings holds the rows of the queries, or of the labels when there are no queries
+    label_emb, label_sources = q.text_embeddings_for(cfg, info, labels, 'labels',
+                                                     embeddings_path='' if queries else cfg.query_embeddings)
+    query_emb, query_sources = q.text_embeddings_for(cfg, info, queries, 'queries', embeddings_path=cfg.query_embeddings)
+    dataset = build_dataset(cfg)
+
+    model = None
+    if cfg.feature_type == 'distill':
+        from evaluate import build_model
+        model, state = build_model(cfg, device, logger.warning)
+        logger.info(f"loaded '{cfg.model_path}' ({state['epoch']} epochs trained)")
+    check_dimensions(cfg, label_emb, query_emb)
+    palette = q.label_palette(info, labels)
+    atomic_write_text(os.path.join(cfg.save_folder, 'labels.json'), json.dumps(
+        {'labels': labels, 'colors': [list(c) for c in palette], 'label_sources': label_sources,
+         'queries': queries, 'query_sources': query_sources}, indent=2))
+    vis.legend_png(os.path.join(cfg.save_folder, 'legend.png'),
+                   list(zip(labels, palette)) + [('unlabeled (no 2D feature)', vis.UNLABELED_COLOR),
+                                                 ('ignored (no GT)', vis.IGNORED_COLOR)],
+                   title=f'{len(labels)} labels')
+    logger.info(f"{len(dataset.data_paths)} scene(s), {len(queries)} query(ies), {len(labels)} labels, "
+                f"feature_type {cfg.feature_type}, {cfg.test_repeats} voxelisation(s) -> '{cfg.save_folder}'")
+
+    writer = SceneWriter(cfg, info, labels, queries, palette, logger)
+    conf = q.run_scenes(cfg, model, dataset, label_emb, query_emb, device, writer, desc='query', log=logger.info)
+    summary = {'config_file': cfg.config_file, 'model_path': cfg.model_path if model is not None else None,
+               'feature_type': cfg.feature_type, 'test_repeats': cfg.test_repeats, 'labels': labels,
+               'queries': queries, 'scenes': writer.scenes, 'wall_time_s': timer.elapsed()}
+    if writer.same_labels and any(s['has_gt'] for s in writer.scenes.values()):
+        from util.metric import evaluate_confusion
+        result = evaluate_confusion(conf, info.labels)
+        summary['miou'] = result['miou']
+        logger.info(f"mIoU against GT {result['miou']:.4f} (the label set is the config's classes: evaluate.py's number)")
+    atomic_write_text(os.path.join(cfg.save_folder, 'query_summary.json'), json.dumps(summary, indent=2))
+    logger.info(f"done in {timer.elapsed():.1f} s: files in '{cfg.save_folder}'")
+    return summary
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,374 @@
+"""Open-vocabulary queries against the 3D network's point embeddings (query.py and the viewer share this).
+
+The ESG network maps every voxel to an embedding in CLIP's text space. For a free-text query with unit text
+embedding ``t`` the score of a point is its cosine similarity to ``t``, averaged over the evaluation's
+``test_repeats`` random voxelisations:
+
+    score(p, t) = mean_r  cos(f_r(v_r(p)), t) = E(p) . t,    E(p) = mean_r  f_r(v_r(p)) / |f_r(v_r(p))|
+
+(``f_r``: the network's output on voxelisation r, ``v_r(p)``: the voxel of point p in it). Because the score
+is linear in ``t``, ``E`` (the mean unit embedding) answers any later query with one product; the viewer keeps
+it for the points it shows. Segmenting with a label set is the evaluation itself: ``util.inference.
+predict_split`` with the label set's text embeddings (summed logits, argmax), called once here with the
+query scoring as its ``on_features`` hook, so one pass over the network gives both and the labels agree
+with ``evaluate.py`` by construction.
+
+``feature_type`` 'fusion' / 'ess' score the fused 2D features / the ESS embeddings of every point instead
+(one "repeat", no network); points without a 2D feature score 0 and are reported as uncovered.
+
+Text embeddings of queries and labels (``text_embeddings_for``): a name of the config's label set takes the
+row evaluate.py uses for that class (``text_embeddings_from_config``: the same file or the same open_clip
+prompt), so ``labels`` equal to the class names reproduces evaluate.py exactly; any other name is encoded
+with open_clip (``clip_model``, ``clip_pretrained``, ``prompt_template``, cached in ``text_cache_dir``), or all
+names are read from ``query_embeddings`` (an .npy [Q, D], one row per name in the order given).
+"""
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dataset.label_constants import IGNORE_LABEL
+
+# Rows of the [V, D] voxel features normalised and scored at once: bounds the temporary copies on scans with
+# millions of voxels (768-d float32: 200k rows = 600 MB).
+SCORE_CHUNK = 200_000
+
+
+def parse_names(text, what='queries'):
+    """'chair; a soft place to sit' -> ['chair', 'a soft place to sit']; a name given twice is an error."""
+    names = [n.strip() for n in str(text or '').split(';')]
+    names = [n for n in names if n]
+    seen = set()
+    for n in names:
+        if n.lower() in seen:
+            raise ValueError(f"{what}: '{n}' is given twice in '{text}'")
+        seen.add(n.lower())
+    return names
+
+
+def slugs(names):
+    """File-name-safe, unique slugs: 'a soft place to sit' -> 'a_soft_place_to_sit'."""
+    out = []
+    for name in names:
+        slug = re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')[:60] or 'query'
+        base, k = slug, 2
+        while slug in out:  # 'chair!' and 'chair?' would share a file
+            slug, k = f'{base}_{k}', k + 1
+        out.append(slug)
+    return out
+
+
+def class_index(info, name):
+    """Index of ``name`` in the label set (its class name or the name given to the text encoder), or None."""
+    key = name.strip().lower()
+    for i, (label, text) in enumerate(zip(info.labels, info.text_labels)):
+        if key in (label.lower(), text.lower()):
+            return i
+    return None
+
+
+def text_embeddings_for(cfg, info, names, what='queries', embeddings_path=''):
+    """Unit text embeddings [len(names), D] of ``names`` and, per name, where its row came from (module docstring);
+    ``embeddings_path``: an .npy with one row per name, used for all of them."""
+    from dataset import formats
+    from util.text_embeddings import load_or_compute_text_embeddings, text_embeddings_from_config
+    names = list(names)
+    if not names:
+        return torch.zeros(0, 0), []
+    path = embeddings_path or ''
+    if path:
+        try:
+            emb = formats.load_text_embeddings(path, num_classes=len(names))
+        except formats.FormatError as err:
+            raise formats.FormatError(f'{err} (query_embeddings: one row per name of {what}, in the order given: '
+                                      f'{names})') from None
+        return torch.from_numpy(emb), [f'{path} row {i}' for i in range(len(names))]
+    rows, sources = [None] * len(names), [None] * len(names)
+    in_set = [(i, class_index(info, n)) for i, n in enumerate(names)]
+    if any(c is not None for _, c in in_set):
+        class_emb = text_embeddings_from_config(cfg, info, 'cpu')
+        for i, c in in_set:
+            if c is not None:
+                rows[i] = class_emb[c]
+                sources[i] = f"class '{info.labels[c]}' of {info.name}"
+    others = [names[i] for i, c in in_set if c is None]
+    if others:
+        template = cfg.get('prompt_template', '') or ''
+        try:
+            emb = load_or_compute_text_embeddings(
+                others, model_name=cfg.get('clip_model', 'ViT-L-14-336'),
+                pretrained=cfg.get('clip_pretrained', 'openai') or '', template=template,
+                cache_dir=cfg.get('text_cache_dir', '') or '')
+        except Exception as err:
+            raise RuntimeError(f"{what} {others} are not class names of {info.name}, so open_clip must encode them "
+                               f"(or give query_embeddings, an .npy with one row per name): {err}") from err
+        it = iter(emb)
+        for i, c in in_set:
+            if c is None:
+                rows[i] = next(it)
+                sources[i] = f"open_clip {cfg.get('clip_model', '')}" + (f", prompt '{template}'" if template else '')
+    dims = {int(r.shape[0]) for r in rows}
+    if len(dims) != 1:
+        raise ValueError(f'{what}: the class-name embeddings and the open_clip ones differ in dimension {sorted(dims)}; '
+                         f'clip_model must be the model whose space text_embeddings_path is in')
+    return torch.stack([torch.as_tensor(r, dtype=torch.float32) for r in rows]), sources
+
+
+def label_palette(info, names):
+    """Colours of a label set: the dataset palette when ``names`` are its classes in order, else tab20 then an
+    evenly spaced hue wheel (a label set of 200 names still gets distinct colours)."""
+    if [n.lower() for n in names] == [n.lower() for n in info.labels]:
+        return [tuple(int(v) for v in c) for c in info.palette]
+    import colorsys
+    import matplotlib
+    base = [tuple(int(255 * v + 0.5) for v in matplotlib.colormaps['tab20'](i)[:3]) for i in range(20)]
+    if len(names) <= 20:
+        return base[:len(names)]
+    golden = 0.618033988749895
+    return [tuple(int(255 * v + 0.5) for v in colorsys.hsv_to_rgb((i * golden) % 1.0, 0.65 + 0.3 * (i % 2), 0.9))
+            for i in range(len(names))]
+
+
+@dataclass
+class SceneResult:
+    """Everything query.py writes and the viewer shows of one scene."""
+    name: str
+    path: str
+    coords: np.ndarray                  # float32 [N, 3]
+    colors: np.ndarray                  # uint8 [N, 3]
+    gt: np.ndarray                      # int64 [N], IGNORE_LABEL where unknown
+    has_gt: bool
+    pred: np.ndarray                    # int64 [N], index into the label set (num labels = 'unlabeled')
+    scores: np.ndarray                  # float32 [N, Q], cosine similarity per query
+    covered: Optional[np.ndarray]       # bool [N]: the point has a 2D feature; None when unknown
+    embedding: Optional[np.ndarray] = None       # float32 [M, D] mean unit embedding E of ``embedding_rows``
+    embedding_rows: Optional[np.ndarray] = None  # int64 [M]
+    info: dict = field(default_factory=dict)
+
+
+class ScoreAccumulator:
+    """``predict_split``'s ``on_features`` hook: sums, per scene, the cosine similarity of every point to each
+    query over the voxelisations, and optionally the unit embeddings ``E`` of chosen points (the viewer's)."""
+
+    def __init__(self, query_embeddings, keep_rows=None):
+        self.text = query_embeddings.float()
+        self.keep_rows = keep_rows  # callable(index, num_points) -> int64 rows to keep E of, or None
+        self.current = None
+
+    def reset(self, index, num_points):
+        self.current, self.count, self.covered = index, 0, None
+        self.sum = torch.zeros(num_points, self.text.shape[0])
+        rows = self.keep_rows(index, num_points) if self.keep_rows is not None else None
+        self.rows = None if rows is None else torch.as_tensor(rows, dtype=torch.long)
+        self.emb = None
+
+    @torch.no_grad()
+    def __call__(self, index, features, inverse, fused_mask):
+        num_points = features.shape[0] if inverse is None else inverse.shape[0]
+        if index != self.current:
+            self.reset(index, num_points)
+        device = features.device
+        text = self.text.to(device)
+        if text.shape[0]:  # no queries (a segmentation alone): nothing to score
+            # voxel (or point) scores, normalised chunk by chunk so that no second [V, D] copy is made
+            scores = torch.empty(features.shape[0], text.shape[0], device=device)
+            for s in range(0, features.shape[0], SCORE_CHUNK):
+                unit = torch.nn.functional.normalize(features[s:s + SCORE_CHUNK].float(), dim=1)
+                scores[s:s + SCORE_CHUNK] = unit @ text.t()
+            if inverse is not None:
+                scores = scores[inverse.to(device)]
+            self.sum += scores.cpu()
+        if self.rows is not None:
+            rows = self.rows if inverse is None else inverse[self.rows]
+            unit = torch.nn.functional.normalize(features[rows.to(device)].float(), dim=1).cpu()
+            self.emb = unit if self.emb is None else self.emb + unit
+        if fused_mask is not None:
+            self.covered = fused_mask.numpy().astype(bool)
+        self.count += 1
+
+    def finish(self, index):
+        """(scores float32 [N, Q], E float32 [M, D] or None, rows or None, covered or None) of scene ``index``."""
+        if index != self.current or self.count == 0:
+            raise RuntimeError(f'no features were scored for scene {index}')
+        scores = (self.sum / self.count).numpy()
+        emb = None if self.emb is None else (self.emb / self.count).numpy()
+        rows = None if self.rows is None else self.rows.numpy()
+        return scores, emb, rows, self.covered
+
+
+def tiled_forward(max_voxels, margin_voxels):
+    """A ``forward`` for ``predict_split`` that bounds memory on large scans: a voxelisation with more than
+    ``max_voxels`` voxels is cut into horizontal tiles of about ``max_voxels`` voxels (equal counts along x,
+    then y), each run with a ``margin_voxels`` border of context and kept only in its core. Tiles keep their
+    global voxel coordinates, so the strided grids of the U-Net line up with the whole scene's; only points
+    near a tile border whose receptive field reaches past the margin can differ from one whole pass.
+    A voxelisation within ``max_voxels`` runs in one pass, exactly as evaluate.py."""
+    from util.inference import forward_voxels
+    if max_voxels <= 0:
+        return forward_voxels
+
+    def forward(model, coords, feats, device, amp=False):
+        n = coords.shape[0]
+        if n <= max_voxels:
+            return forward_voxels(model, coords, feats, device, amp)
+        xyz = coords[:, 1:4]
+        nx = int(np.ceil(np.sqrt(n / max_voxels)))
+        ny = int(np.ceil(n / max_voxels / nx))
+        out = None
+        x_edges = _quantile_edges(xyz[:, 0], nx)
+        for i in range(nx):
+            in_x = (xyz[:, 0] >= x_edges[i]) & (xyz[:, 0] < x_edges[i + 1])
+            y_edges = _quantile_edges(xyz[in_x, 1], ny)
+            for j in range(ny):
+                core = in_x & (xyz[:, 1] >= y_edges[j]) & (xyz[:, 1] < y_edges[j + 1])
+                if not core.any():
+                    continue
+                lo, hi = xyz[core, :2].min(0).values - margin_voxels, xyz[core, :2].max(0).values + margin_voxels
+                tile = ((xyz[:, :2] >= lo) & (xyz[:, :2] <= hi)).all(1)
+                feats_tile = forward_voxels(model, coords[tile], feats[tile], device, amp)
+                if out is None:
+                    out = torch.empty(n, feats_tile.shape[1], device=feats_tile.device)
+                keep = core[tile].to(feats_tile.device)
+                out[core.to(out.device)] = feats_tile[keep]
+        return out
+
+    return forward
+
+
+def margin_voxels(cfg):
+    """``tile_margin`` (metres) in voxels of the largest test-time scale (the voxeliser scales by up to 1.1)."""
+    return int(np.ceil(float(cfg.get('tile_margin', 0.0)) / float(cfg.voxel_size) * 1.1))
+
+
+def _quantile_edges(values, parts):
+    """``parts`` + 1 edges splitting integer ``values`` into parts of about equal counts (last edge open)."""
+    values = values.double()
+    qs = torch.quantile(values, torch.linspace(0, 1, parts + 1, dtype=torch.float64)) if values.numel() else \
+        torch.zeros(parts + 1, dtype=torch.float64)
+    edges = torch.ceil(qs)
+    edges[0], edges[-1] = -np.inf, np.inf
+    return edges
+
+
+def score_stats(scores, threshold, covered=None, gt=None, class_id=None, top_fraction=0.1):
+    """The distribution of one query's scores over a scene's points (covered points only when ``covered`` is
+    given). With GT and the query's class index: the precision of the top ``top_fraction`` points against GT
+    beside the class's frequency (what a random ranking would score)."""
+    scores = np.asarray(scores, np.float64)
+    use = np.ones(len(scores), bool) if covered is None else np.asarray(covered, bool)
+    s = scores[use]
+    out = {'num_points': int(use.sum())}
+    if s.size == 0:
+        return out
+    pct = (1, 5, 25, 50, 75, 95, 99)
+    counts, edges = np.histogram(s, bins=20)
+    out.update({'min': float(s.min()), 'max': float(s.max()), 'mean': float(s.mean()), 'std': float(s.std()),
+                'percentiles': {str(p): float(v) for p, v in zip(pct, np.percentile(s, pct))},
+                'histogram': {'edges': [float(e) for e in edges], 'counts': [int(c) for c in counts]},
+                'threshold': float(threshold), 'fraction_above_threshold': float((s > threshold).mean())})
+    if gt is not None and class_id is not None:
+        labelled = use & (np.asarray(gt) != IGNORE_LABEL)
+        if labelled.any():
+            g, sc = np.asarray(gt)[labelled], scores[labelled]
+            out['class_frequency'] = float((g == class_id).mean())
+            if not (g == class_id).any():  # the class is not in this scene: no precision to speak of
+                return out
+            k = max(int(round(top_fraction * len(sc))), 1)
+            top = np.argsort(-sc, kind='stable')[:k]
+            out['top_fraction'] = top_fraction
+            out['top_precision'] = float((g[top] == class_id).mean())
+    return out
+
+
+class SceneSubset(torch.utils.data.Dataset):
+    """Some scenes of an evaluation dataset, voxelised exactly as in the whole one.
+
+    The loaders draw item ``i + r * num_scenes``'s voxelisation from (seed, epoch, that index), and
+    ``predict_split`` asks for repeat r of scene i as that item: a dataset of the chosen files alone would
+    number them anew and draw other voxelisations. This view keeps the full dataset's numbering, so a scene
+    answered alone (``scenes a,b``, the viewer) gets the very predictions evaluate.py writes for it."""
+
+    def __init__(self, base, indices):
+        self.base, self.indices = base, list(indices)
+        self.data_paths = [base.data_paths[i] for i in self.indices]
+        self.scan_input = getattr(base, 'scan_input', False)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index_long):
+        local, rep = index_long % len(self.indices), index_long // len(self.indices)
+        return self.base[self.indices[local] + rep * len(self.base.data_paths)]
+
+    def _read_scene(self, index):
+        return self.base._read_scene(self.indices[index])
+
+    def scene_name(self, index):
+        return self.base.scene_name(self.indices[index])
+
+
+def coverage_mask(feat_root, data_path, num_points):
+    """bool [N]: the points of a scene that have a fused 2D feature, from its first fused-feature file; None
+    when ``feat_root`` is empty or holds no file for the scene (one's own scans: no 2D features at all)."""
+    from dataset.formats import fused_feature_files, load_fused_features, scene_name
+    if not feat_root:
+        return None
+    try:
+        path = fused_feature_files(feat_root, scene_name(data_path))[0]
+    except FileNotFoundError:
+        return None
+    _, mask = load_fused_features(path, num_points=num_points)
+    return mask.numpy().astype(bool)
+
+
+def run_scenes(cfg, model, dataset, label_embeddings, query_embeddings, device, on_result, keep_rows=None,
+               desc='scenes', log=None, coverage_root=None):
+    """Predict every scene of ``dataset`` with the label set and score every query, in one pass.
+
+    ``cfg``: the evaluation keys (test_repeats, manual_seed, feature_type 'distill' | 'fusion' | 'ess',
+    data_root_2d_fused_feature, ess_embedding_path, mark_no_feature_to_unknown, amp, workers, and
+    max_voxels / tile_margin for ``tiled_forward``). ``on_result(SceneResult)`` per scene; ``keep_rows``
+    (callable(index, N) -> rows) keeps the mean unit embeddings of those points. Returns the confusion matrix
+    of the label set against GT (summed over scenes with GT).
+    """
+    from util.inference import predict_split
+    feature_type = cfg.feature_type
+    if feature_type not in ('distill', 'fusion', 'ess'):
+        raise ValueError(f"feature_type must be 'distill' (the 3D network), 'fusion' (the fused 2D features) or "
+                         f"'ess' (the ESS embeddings), found '{feature_type}'")
+    feat_root = ''
+    if feature_type == 'fusion':
+        feat_root = cfg.data_root_2d_fused_feature
+    elif feature_type == 'ess':
+        feat_root = cfg.get('ess_embedding_path', '')
+        if not feat_root:
+            raise ValueError("feature_type 'ess' needs ess_embedding_path (the ESS inference output, e.g. "
+                             "exp/demo/ess_embeddings)")
+    if feature_type != 'distill' and getattr(dataset, 'scan_input', False):
+        raise ValueError(f"feature_type '{feature_type}' needs fused 2D features, which one's own scans (input) "
+                         f"do not have; use feature_type distill")
+    coverage_root = cfg.data_root_2d_fused_feature if coverage_root is None else coverage_root
+    scorer = ScoreAccumulator(query_embeddings if query_embeddings.numel() else
+                              torch.zeros(0, label_embeddings.shape[1]), keep_rows=keep_rows)
+
+    def on_scene(index, pred, _logits, gt):
+        scores, emb, rows, covered = scorer.finish(index)
+        coords, colors, labels = dataset._read_scene(index)
+        path = dataset.data_paths[index]
+        if covered is None and feature_type == 'distill':
+            covered = coverage_mask(coverage_root, path, len(coords))
+        on_result(SceneResult(
+            name=dataset.scene_name(index), path=path, coords=np.asarray(coords, np.float32),
+            colors=np.clip(np.rint(colors), 0, 255).astype(np.uint8), gt=np.asarray(gt, np.int64),
+            has_gt=bool((np.asarray(gt) != IGNORE_LABEL).any()), pred=pred, scores=scores, covered=covered,
+            embedding=emb, embedding_rows=rows))
+
+    conf, _ = predict_split(
+        model, dataset, label_embeddings, device=device, test_repeats=cfg.test_repeats, seed=cfg.manual_seed,
+        feature_type='distill' if feature_type == 'distill' else 'fusion', fused_feature_root=feat_root,
+        mark_no_feature_to_unknown=cfg.mark_no_feature_to_unknown, amp=cfg.amp, workers=cfg.workers,
+        on_scene=on_scene, on_features=scorer,
+        forward=tiled_forward(cfg.get('max_voxels', 0), margin_voxels(cfg)), desc=desc, log=log)
+    return conf

@@ -1,0 +1,1 @@
+"""Browser viewer of predictions, errors and open-vocabulary queries: ``python -m viewer <folder>`` (README)."""
