@@ -1,27 +1,31 @@
 # Two commands on a fresh machine:  `make demo`  (full pipeline on synthetic data)  and  `make test`.
-# Both create .venv and install requirements first (once).
+# Both create .venv and install the requirements and the project (pip install -e .) first, once.
+# CPU-only machine: `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` (installation.md).
 PY ?= python3
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TORCH_INDEX ?=
 
 .PHONY: install demo test bench clean-demo
 
-$(STAMP): requirements.txt requirements-test.txt
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PY) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(VENV)/bin/pip install torch torchvision --index-url $(TORCH_INDEX))
 	$(VENV)/bin/pip install -r requirements-test.txt
+	$(VENV)/bin/pip install -e . --no-deps
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH PYTHONPATH=. bash run/demo.sh
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash run/demo.sh
 
 test: $(STAMP)
-	PYTHONPATH=. HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
 
 bench: $(STAMP)
-	PYTHONPATH=. $(PYTHON) bench/sparse_unet.py --device cpu --scale 0.05
+	$(PYTHON) bench/sparse_unet.py --device cpu --scale 0.05
 
 clean-demo:
 	rm -rf data/demo_3d data/demo_multiview data/demo_text_embeddings.npy exp/demo
