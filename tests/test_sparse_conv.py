@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as Fn
 
 import models.sparse as ME
-from models.sparse.tensor import kernel_offsets
+from models.sparse import kmap
+from models.sparse.kmap import kernel_offsets
 
 G = 10  # dense grid side (stride-1 voxels)
 B = 3   # batch items
@@ -50,6 +51,14 @@ def conv3d_weight(kernel, ks):
 def conv_transpose3d_weight(kernel, ks):
     """[K, C_in, C_out] (x fastest) -> conv_transpose3d [C_in, C_out, kx, ky, kz]."""
     return kernel.reshape(ks, ks, ks, kernel.shape[1], kernel.shape[2]).permute(3, 4, 2, 1, 0)
+
+
+def count_kernel_map_builds(monkeypatch):
+    """The calls to ``kmap.build_kernel_map`` from now on (the coordinate managers' cache misses)."""
+    calls = []
+    build = kmap.build_kernel_map
+    monkeypatch.setattr(kmap, 'build_kernel_map', lambda *args: calls.append(args) or build(*args))
+    return calls
 
 
 def grads(out, inputs, seed=1):
@@ -143,18 +152,19 @@ def test_kernel_offsets_order_and_parameter_layout():
     assert ME.Convolution(3, 8, kernel_size=3).bias is None
 
 
-def test_kernel_map_cached_once_per_configuration():
+def test_kernel_map_cached_once_per_configuration(monkeypatch):
     coords, feats = random_sparse(seed=6, dtype=torch.float32)
     x = ME.SparseTensor(feats, coords)
     m = x.coordinate_manager
+    builds = count_kernel_map_builds(monkeypatch)
     km1 = m.kernel_map(1, 1, 3, 1, False)
     km2 = m.kernel_map(1, 1, 3, 1, False)
-    assert km1 is km2 and m.kernel_map_builds == 1
-    assert m.kernel_map(1, 1, 3, 2, False) is not km1 and m.kernel_map_builds == 2
+    assert km1 is km2 and len(builds) == 1
+    assert m.kernel_map(1, 1, 3, 2, False) is not km1 and len(builds) == 2
     # Two convs of the same shape on the same stride share the map (no new build).
     a = ME.Convolution(4, 4, kernel_size=3)(x)
     ME.Convolution(4, 4, kernel_size=3)(a)
-    assert m.kernel_map_builds == 2
+    assert len(builds) == 2
     # CSR layout: offset_ptr brackets each offset's pairs; the centre offset is the identity.
     assert km1.offset_ptr[0] == 0 and km1.offset_ptr[-1] == km1.in_idx.numel() == km1.out_idx.numel()
     assert km1.identity_offset == 13
@@ -216,10 +226,9 @@ def test_cuda_matches_cpu():
 
 def test_chunked_kernel_map_build_equals_one_query(monkeypatch):
     """Large maps are built in chunks of offsets; the pairs must not depend on the chunking."""
-    from models.sparse import tensor
     coords, feats = random_sparse(seed=11, dtype=torch.float32)
     whole = ME.SparseTensor(feats, coords).coordinate_manager.kernel_map(1, 1, 3, 1, False)
-    monkeypatch.setattr(tensor, '_MAP_CHUNK_ELEMENTS', 100)  # fewer than N_out: one offset per chunk
+    monkeypatch.setattr(kmap, '_MAP_CHUNK_ELEMENTS', 100)  # fewer than N_out: one offset per chunk
     chunked = ME.SparseTensor(feats, coords).coordinate_manager.kernel_map(1, 1, 3, 1, False)
     assert whole.bounds == chunked.bounds and whole.identity_offset == chunked.identity_offset == 13
     assert torch.equal(whole.in_idx, chunked.in_idx) and torch.equal(whole.out_idx, chunked.out_idx)
