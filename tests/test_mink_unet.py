@@ -8,7 +8,6 @@ import torch
 import models.sparse as ME
 from models.disnet import DisNet
 from models.mink_unet import mink_unet
-from tests.test_sparse_conv import count_kernel_map_builds
 from util.inference import build_disnet
 
 
@@ -96,7 +95,7 @@ def test_upstream_weight_initialisation():
     assert torch.all(net.bn0.bn.weight == 1) and torch.all(net.bn0.bn.bias == 0)
 
 
-def test_minkunet18a_forward_backward_cpu(monkeypatch):
+def test_minkunet18a_forward_backward_cpu(kernel_map_builds):
     torch.manual_seed(0)
     coords, feats = small_scene()
     net = mink_unet(3, 16, arch='MinkUNet18A')
@@ -104,13 +103,13 @@ def test_minkunet18a_forward_backward_cpu(monkeypatch):
     out = net(x)
     assert out.shape == (len(coords), 16) and torch.isfinite(out).all()
     # Eight stride levels -> maps at strides 1, 2, 4, 8, 16; each built once.
-    builds = count_kernel_map_builds(monkeypatch)
+    kernel_map_builds.clear()
     target = torch.randn_like(out)
     (1 - torch.cosine_similarity(out, target)).mean().backward()
     grads = [p.grad for p in net.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert net.conv0p1s1.kernel.grad.abs().sum() > 0
-    assert not builds  # the backward pass reuses the forward's kernel maps
+    assert not kernel_map_builds  # the backward pass reuses the forward's kernel maps
     # Batch items do not interact: scene 0's output is the same with scene 1 removed (eval-mode BN).
     net.eval()
     with torch.no_grad():

@@ -53,14 +53,6 @@ def conv_transpose3d_weight(kernel, ks):
     return kernel.reshape(ks, ks, ks, kernel.shape[1], kernel.shape[2]).permute(3, 4, 2, 1, 0)
 
 
-def count_kernel_map_builds(monkeypatch):
-    """The calls to ``kmap.build_kernel_map`` from now on (the coordinate managers' cache misses)."""
-    calls = []
-    build = kmap.build_kernel_map
-    monkeypatch.setattr(kmap, 'build_kernel_map', lambda *args: calls.append(args) or build(*args))
-    return calls
-
-
 def grads(out, inputs, seed=1):
     w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
     return torch.autograd.grad((out * w).sum(), inputs)
@@ -152,19 +144,18 @@ def test_kernel_offsets_order_and_parameter_layout():
     assert ME.Convolution(3, 8, kernel_size=3).bias is None
 
 
-def test_kernel_map_cached_once_per_configuration(monkeypatch):
+def test_kernel_map_cached_once_per_configuration(kernel_map_builds):
     coords, feats = random_sparse(seed=6, dtype=torch.float32)
     x = ME.SparseTensor(feats, coords)
     m = x.coordinate_manager
-    builds = count_kernel_map_builds(monkeypatch)
     km1 = m.kernel_map(1, 1, 3, 1, False)
     km2 = m.kernel_map(1, 1, 3, 1, False)
-    assert km1 is km2 and len(builds) == 1
-    assert m.kernel_map(1, 1, 3, 2, False) is not km1 and len(builds) == 2
+    assert km1 is km2 and len(kernel_map_builds) == 1
+    assert m.kernel_map(1, 1, 3, 2, False) is not km1 and len(kernel_map_builds) == 2
     # Two convs of the same shape on the same stride share the map (no new build).
     a = ME.Convolution(4, 4, kernel_size=3)(x)
     ME.Convolution(4, 4, kernel_size=3)(a)
-    assert len(builds) == 2
+    assert len(kernel_map_builds) == 2
     # CSR layout: offset_ptr brackets each offset's pairs; the centre offset is the identity.
     assert km1.offset_ptr[0] == 0 and km1.offset_ptr[-1] == km1.in_idx.numel() == km1.out_idx.numel()
     assert km1.identity_offset == 13

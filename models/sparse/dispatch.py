@@ -42,8 +42,9 @@ def implementation(name=None):
     name = settings.current().conv if name is None else name
     if name not in _TABLE:
         if name not in settings.CONVS:
-            raise ValueError(f'unknown sparse_conv implementation {name!r}; have {sorted(set(settings.CONVS) | set(_TABLE))}')
-        importlib.import_module(f'{__package__}.{name}')
+            known = sorted(set(settings.CONVS) | set(_TABLE))
+            raise ValueError(f'unknown sparse_conv implementation {name!r}; have {known}')
+        importlib.import_module(f'{__package__}.{name}')  # a shipped implementation registers itself on import
         if name not in _TABLE:
             raise RuntimeError(f'{__package__}.{name} was imported but registered no implementation {name!r}')
     return _TABLE[name]

@@ -33,7 +33,7 @@ class _ConvolutionBase(nn.Module):
         super().__init__()
         if dimension != 3:
             raise ValueError(f'only 3D sparse convolutions are implemented, found dimension={dimension}')
-        self.kernel_generator = KernelGenerator(kernel_size, stride, dilation)  # validates and owns the three
+        self.kernel_generator = KernelGenerator(kernel_size, stride, dilation)  # validates the three
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.dimension = dimension
         shape = ((self.in_channels, self.out_channels) if self.kernel_volume == 1 else
@@ -42,6 +42,7 @@ class _ConvolutionBase(nn.Module):
         self.bias = nn.Parameter(torch.empty(1, self.out_channels)) if bias else None
         self.reset_parameters()
 
+    # read from the generator, their one owner (MinkowskiEngine's layers expose them the same way)
     kernel_size = property(lambda self: self.kernel_generator.kernel_size)
     stride = property(lambda self: self.kernel_generator.stride)
     dilation = property(lambda self: self.kernel_generator.dilation)
