@@ -49,22 +49,22 @@ def _offset_keys(offsets):
 class CoordinateSet:
     """One coordinate set: coordinates [N, 4] int32, and its keys sorted once for lookups."""
 
-    def __init__(self, coordinates, check_unique, what='input'):
+    def __init__(self, coordinates, check_unique):
         self.coordinates = coordinates
         keys = encode_coordinates(coordinates)
         self.sorted_keys, self.order = torch.sort(keys)
         if check_unique:
-            self._check_unique(what)
+            self._check_unique()
         self.keys = keys
 
-    def _check_unique(self, what):
+    def _check_unique(self):
         if self.sorted_keys.numel() < 2:
             return
         dup = self.sorted_keys[1:] == self.sorted_keys[:-1]
         if bool(dup.any()):
             first = int(self.order[1:][dup][0])
             raise ValueError(
-                f'SparseTensor {what} coordinates contain {int(dup.sum())} duplicate rows (first: row '
+                f'SparseTensor input coordinates contain {int(dup.sum())} duplicate rows (first: row '
                 f'{first} = {self.coordinates[first].tolist()}); coordinates must be unique per batch item '
                 f'(quantise with the voxelizer, which returns unique voxels and an inverse map).')
 
