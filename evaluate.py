@@ -24,11 +24,12 @@ import numpy as np
 
 from dataset.formats import load_scene_3d, scene_name
 from dataset.label_constants import IGNORE_LABEL, dataset_info
+from models.sparse.settings import configure_from
 from util import distributed as du
 from util.checkpoint import load_checkpoint
 from pipeline.keys import POSITIVE_INT, dataset_keys, network_keys, one_of, run_keys, text_keys, workers_key
 from util.config import CfgNode, Key, Schema, load_config
-from util.inference import eval_dataset, predict_split
+from util.inference import build_disnet, eval_dataset, predict_split
 from util.io import atomic_np_save, atomic_write_text, safe_torch_load
 from util.metric import evaluate_confusion, format_table
 from util.misc import Timer, set_seed
@@ -83,8 +84,7 @@ def network_config(cfg, log):
 
 def build_model(cfg, device, log):
     """DisNet with the checkpoint's weights (strict: a different architecture is an error)."""
-    from models.disnet import DisNet
-    model = DisNet(network_config(cfg, log)).to(device)
+    model = build_disnet(network_config(cfg, log)).to(device)
     state = load_checkpoint(cfg.model_path, model, map_location=device)
     return model, state
 
@@ -209,6 +209,7 @@ def main(argv=None):
 
 
 def evaluate(cfg, dist_info, device, logger):
+    logger.info(configure_from(cfg))
     set_seed(cfg.manual_seed)
     timer = Timer()
     info = dataset_info(cfg.labelset)

@@ -25,13 +25,13 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from dataset.label_constants import dataset_info
-from models.disnet import DisNet
+from models.sparse.settings import configure_from
 from util import distributed as du
 from util.checkpoint import load_checkpoint, repair_best, save_best_and_last, unwrap_model
 from pipeline.keys import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, network_keys, one_of, run_keys,
                            text_keys, workers_key)
 from util.config import Key, Schema, load_config
-from util.inference import eval_dataset, forward_voxels, predict_split
+from util.inference import build_disnet, eval_dataset, forward_voxels, predict_split
 from util.io import atomic_write_text
 from util.losses import distillation_loss
 from util.metric import evaluate_confusion, format_table, per_class_scalars
@@ -222,7 +222,7 @@ def train(cfg, dist_info, device, logger):
                 + (f', {len(val_set.data_paths)} val scenes' if val_set is not None else ''))
 
     # ---- model and optimiser (Adam, poly schedule set by hand every step as upstream)
-    model = DisNet(cfg).to(device)
+    model = build_disnet(cfg).to(device)
     if dist_info.distributed:
         model = du.wrap_ddp(model, device, sync_bn=cfg.sync_bn)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.base_lr)
@@ -312,6 +312,7 @@ def main(argv=None):
             logger = folder.start('esg', cfg, SCHEMA, device, rank=dist_info.rank,
                                   local_world_size=int(os.environ.get('LOCAL_WORLD_SIZE', 1)),
                                   processes=dist_info.world_size)
+            logger.info(configure_from(cfg))
             _, summary = train(cfg, dist_info, device, logger)
     finally:
         du.cleanup()

@@ -16,13 +16,13 @@ export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c 'import torch; assert torch.cuda.is_available(), "bench/gpu_session.sh needs CUDA"'
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 
-echo "== CUDA tests: sparse conv (torch and triton) against dense conv3d and each other"
+echo "== CUDA tests: sparse conv (reference and triton) against dense conv3d and each other"
 python3 -m pytest -q -p no:cacheprovider tests/test_sparse_conv.py tests/test_triton_conv.py \
-    tests/test_mink_unet.py 2>&1 | tee "$out/tests.txt"
+    tests/test_mink_unet.py tests/test_sparse_settings.py 2>&1 | tee "$out/tests.txt"
 
-echo "== training step, ours (torch, triton) vs spconv"
+echo "== training step, ours (reference, triton) vs spconv"
 python3 bench/sparse_unet.py --batch-sizes 1,4 --steps 10 --warmup 3 2>&1 | tee "$out/sparse_unet.txt"
 
 echo "== Triton path: row orders and autotuned tile shapes, batch 4"
-python3 bench/sparse_unet.py --impl triton --batch-sizes 4 --dtype fp16,fp32 --row-orders mask,none \
+python3 bench/sparse_unet.py --conv triton --batch-sizes 4 --dtype fp16,fp32 --row-orders mask,none \
     --autotune --steps 5 --warmup 4 2>&1 | tee "$out/sparse_unet_tuning.txt"

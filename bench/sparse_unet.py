@@ -4,19 +4,21 @@ A step = build the SparseTensor (kernel maps are rebuilt every step, as in train
 has new coordinates), forward, cosine-distance loss to random unit targets (the distillation loss),
 backward, Adam. Prints the median ms/step over ``--steps`` after ``--warmup`` steps, voxels/s, peak
 memory, and the share of the step spent building coordinates, kernel maps and the Triton path's forward
-gather plans (map_share; its feature-gradient plans are built in backward and count in ms/step only).
-With spconv importable it also times the same network shape in spconv on the same voxels.
+gather plans (map_share, timed by wrapping the functions that build them: ``timing_kernel_maps``; the
+feature-gradient plans are built in backward and count in ms/step only). With spconv importable it also
+times the same network shape in spconv on the same voxels.
 
     PYTHONPATH=. python bench/sparse_unet.py                                # CUDA if present, full size
     PYTHONPATH=. python bench/sparse_unet.py --device cpu --scale 0.05 --steps 2 --batch-sizes 1
-    PYTHONPATH=. python bench/sparse_unet.py --dtype fp32,bf16,fp16 --batch-sizes 1,4 --impl torch,triton
-    PYTHONPATH=. python bench/sparse_unet.py --impl triton --row-orders mask,none --autotune   # tuning runs
+    PYTHONPATH=. python bench/sparse_unet.py --dtype fp32,bf16,fp16 --batch-sizes 1,4 --conv reference,triton
+    PYTHONPATH=. python bench/sparse_unet.py --conv triton --row-orders mask,none --autotune   # tuning runs
 
 ``--row-orders`` times the Triton path with its rows sorted by neighbour mask (the default) and/or in memory
 order; ``--autotune`` lets Triton's autotuner pick the tile shapes (its first steps include the tuning, so
 raise ``--warmup``) and prints the configurations it chose.
 """
 import argparse
+import contextlib
 import platform
 import resource
 import statistics
@@ -28,7 +30,7 @@ import torch
 
 import models.sparse as ME
 from models.disnet import DisNet
-from models.sparse import functional
+from models.sparse import dispatch, kmap, settings
 from util.losses import cosine_distance
 
 VOXELS_PER_SCENE = 185_000  # a ScanNet scene at 2 cm has about this many occupied voxels
@@ -91,6 +93,33 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def timing_kernel_maps(device):
+    """Within the block, ``timer.seconds`` adds up the time spent in the engine's builders of strided coordinate
+    sets and kernel maps and in the implementations' preparation of new maps (each called once per new set or
+    map); ``timer.seconds = 0`` starts a new count. The engine keeps no timer: the functions are wrapped here."""
+    timer = SimpleNamespace(seconds=0.0)
+    wrapped = [(kmap, 'strided_coordinate_set'), (kmap, 'build_kernel_map'), (dispatch, 'prepare')]
+    originals = [getattr(module, name) for module, name in wrapped]
+
+    def timed(fn):
+        def call(*args):
+            t0 = time.perf_counter()
+            result = fn(*args)
+            sync(device)  # asynchronous CUDA work belongs to the build that launched it
+            timer.seconds += time.perf_counter() - t0
+            return result
+        return call
+
+    for (module, name), fn in zip(wrapped, originals):
+        setattr(module, name, timed(fn))
+    try:
+        yield timer
+    finally:
+        for (module, name), fn in zip(wrapped, originals):
+            setattr(module, name, fn)
+
+
 def time_training_steps(model, make_input, num_voxels, device, dtype, steps, warmup, on_step=None):
     """Seconds of each timed training step (input built, forward, cosine loss to random unit targets, backward,
     Adam) after ``warmup`` steps, and the peak memory; ``on_step(input, seconds)`` sees every timed step (no
@@ -120,20 +149,19 @@ def time_training_steps(model, make_input, num_voxels, device, dtype, steps, war
     return times, peak_memory_mib(device)
 
 
-def bench_ours(coords, feats, device, dtype, steps, warmup, impl='torch', row_order='mask', autotune=False):
-    functional.set_implementation(impl)
-    if impl == 'triton':
-        from models.sparse import triton_conv
-        triton_conv.set_row_order(row_order)
-        triton_conv.set_autotune(autotune)
+def bench_ours(coords, feats, device, dtype, steps, warmup, conv='reference', row_order='mask', autotune=False):
     torch.manual_seed(0)
-    model = DisNet(SimpleNamespace(arch_3d='MinkUNet18A', feature_2d_extractor='openseg')).to(device)
+    model = DisNet('MinkUNet18A', 768).to(device)
     coords, feats = coords.to(device), feats.to(device)
-    # each step builds its kernel maps anew (a new batch has new coordinates), as in training
     map_share = []
-    times, mem = time_training_steps(model, lambda: ME.SparseTensor(feats, coords), len(coords), device, dtype,
-                                     steps, warmup, on_step=lambda x, t: map_share.append(
-                                         x.coordinate_manager.kernel_map_seconds / t))
+
+    def make_input(timer):
+        timer.seconds = 0.0  # each step builds its kernel maps anew (a new batch has new coordinates), as in training
+        return ME.SparseTensor(feats, coords)
+
+    with settings.using(conv=conv, row_order=row_order, autotune=autotune), timing_kernel_maps(device) as timer:
+        times, mem = time_training_steps(model, lambda: make_input(timer), len(coords), device, dtype, steps, warmup,
+                                         on_step=lambda x, t: map_share.append(timer.seconds / t))
     return statistics.median(times), statistics.median(map_share), mem
 
 
@@ -223,10 +251,12 @@ def main():
     p.add_argument('--batch-sizes', default='1,4')
     p.add_argument('--dtype', default=None, help='comma list of fp32,bf16,fp16 (default: fp32 on CPU, '
                                                  'all three on CUDA)')
-    p.add_argument('--impl', default=None, help='comma list of sparse_conv implementations: torch,triton '
-                                                '(default: both on CUDA, torch on CPU)')
-    p.add_argument('--row-orders', default='mask', help='comma list of Triton row orders: mask,none')
-    p.add_argument('--autotune', action='store_true', help='Triton rows: autotune the tile shapes (CUDA)')
+    p.add_argument('--conv', default=None, help='comma list of sparse_conv implementations: reference,triton '
+                                                '(default: both on CUDA, reference on CPU)')
+    p.add_argument('--row-orders', default='mask', help='comma list of Triton row orders (sparse_conv_row_order): '
+                                                        'mask,none')
+    p.add_argument('--autotune', action='store_true', help='Triton rows: autotune the tile shapes '
+                                                           '(sparse_conv_autotune; CUDA)')
     p.add_argument('--scale', type=float, default=1.0, help='fraction of a ScanNet scene (185k voxels)')
     p.add_argument('--steps', type=int, default=10)
     p.add_argument('--warmup', type=int, default=2)
@@ -234,18 +264,18 @@ def main():
     args = p.parse_args()
     device = torch.device(args.device)
     dtypes = (args.dtype or ('fp32,bf16,fp16' if device.type == 'cuda' else 'fp32')).split(',')
-    impls = (args.impl or ('torch,triton' if device.type == 'cuda' else 'torch')).split(',')
+    convs = (args.conv or ('reference,triton' if device.type == 'cuda' else 'reference')).split(',')
     for d in dtypes:
         if d not in ('fp32', 'bf16', 'fp16'):
             raise SystemExit(f'--dtype: unknown {d!r}, expected fp32, bf16 or fp16')
-    for i in impls:
-        if i not in ('torch', 'triton'):
-            raise SystemExit(f'--impl: unknown {i!r}, expected torch or triton')
+    for c in convs:
+        if c not in settings.CONVS:
+            raise SystemExit(f'--conv: unknown {c!r}, expected one of {", ".join(settings.CONVS)}')
     row_orders = args.row_orders.split(',')
     for r in row_orders:
-        if r not in ('mask', 'none'):
-            raise SystemExit(f'--row-orders: unknown {r!r}, expected mask or none')
-    variants = [(i, r) for i in impls for r in (row_orders if i == 'triton' else [None])]
+        if r not in settings.ROW_ORDERS:
+            raise SystemExit(f'--row-orders: unknown {r!r}, expected one of {", ".join(settings.ROW_ORDERS)}')
+    variants = [(c, r) for c in convs for r in (row_orders if c == 'triton' else [None])]
     try:
         import spconv.pytorch as spconv
     except ImportError:
@@ -262,7 +292,7 @@ def main():
           f'{args.warmup} warm-up, spconv: {"yes" if spconv else "not installed"} (spconv has no bf16 path: '
           f'its autocast casts to fp16, so bf16 rows are not compared)')
     mem_name = 'peak_alloc_MiB' if device.type == 'cuda' else 'peak_rss_MiB'
-    print(f'{"batch":>5} {"dtype":>5} {"impl":>12} {"voxels":>9} {"ms/step":>9} {"voxels/s":>10} {mem_name:>14} '
+    print(f'{"batch":>5} {"dtype":>5} {"conv":>12} {"voxels":>9} {"ms/step":>9} {"voxels/s":>10} {mem_name:>14} '
           f'{"map_share":>9} {"spconv_ms":>9} {"spconv_MiB":>10} {"ours/spconv":>11}')
     for bs in [int(b) for b in args.batch_sizes.split(',')]:
         coords, feats = make_batch(bs, args.scale, args.seed)
@@ -273,18 +303,17 @@ def main():
                     sp = bench_spconv(spconv, coords, feats, bs, device, dtype, args.steps, args.warmup)
                 except Exception as err:  # e.g. spconv 2.3's CPU backward asks for a CUDA stream
                     print(f'# spconv failed on {device} ({type(err).__name__}: {str(err).splitlines()[0][:120]})')
-            for impl, row_order in variants:
-                sec, share, mem = bench_ours(coords, feats, device, dtype, args.steps, args.warmup, impl,
-                                             row_order, args.autotune)
-                label = impl if row_order is None else f'{impl}:{row_order}' + ('+tune' if args.autotune else '')
+            for conv, row_order in variants:
+                sec, share, mem = bench_ours(coords, feats, device, dtype, args.steps, args.warmup, conv,
+                                             row_order or 'mask', args.autotune)
+                label = conv if row_order is None else f'{conv}:{row_order}' + ('+tune' if args.autotune else '')
                 sp_ms, sp_mem, ratio = ('-', '-', '-') if sp is None else \
                     (f'{sp[0] * 1e3:.1f}', f'{sp[1]:.0f}', f'{sec / sp[0]:.2f}')
                 print(f'{bs:>5} {dtype:>5} {label:>12} {len(coords):>9} {sec * 1e3:>9.1f} {len(coords) / sec:>10.0f} '
                       f'{mem:>14.0f} {share:>9.1%} {sp_ms:>9} {sp_mem:>10} {ratio:>11}', flush=True)
-    functional.set_implementation('torch')
-    if args.autotune and 'triton' in impls:
-        from models.sparse import triton_conv
-        for kernel, chosen in triton_conv.tuned_configs().items():
+    if args.autotune and 'triton' in convs:
+        from models.sparse.triton import kernels
+        for kernel, chosen in kernels.tuned_configs().items():
             for key, config in chosen.items():
                 print(f'# autotuned {kernel} {key}: {config}')
 

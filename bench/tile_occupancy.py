@@ -5,7 +5,7 @@ its tile has, for all rows of the tile. Useful multiply-adds are pairs x C_in x 
 (active offsets of each tile) x BLOCK_M x C_in x C_out. This script runs DisNet(MinkUNet18A) once on the
 benchmark's synthetic ScanNet-scale rooms, records every convolution's kernel map, and prints the useful
 share of the executed work under each row order (``memory``: rows as stored, ``mask``: rows sorted by their
-neighbour mask, what ``SPARSE_CONV_ROW_ORDER=mask`` does), for the forward product and the feature-gradient
+neighbour mask, what ``sparse_conv_row_order: mask`` does), for the forward product and the feature-gradient
 product (the weight gradient runs over the pairs and wastes nothing), and the step's total.
 
     PYTHONPATH=. python bench/tile_occupancy.py                    # one 185k-voxel room, BLOCK_M 64
@@ -15,7 +15,6 @@ import argparse
 import collections
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
 
@@ -23,8 +22,9 @@ sys.path.insert(0, __file__.rsplit('/', 2)[0])
 from bench.sparse_unet import VOXELS_PER_SCENE, make_batch  # noqa: E402
 import models.sparse as ME  # noqa: E402
 from models.disnet import DisNet  # noqa: E402
-from models.sparse import functional  # noqa: E402
-from models.sparse.triton_conv import mask_order, neighbour_table, tile_occupancy  # noqa: E402
+from models.sparse import dispatch, settings  # noqa: E402
+from models.sparse.reference import reference_sparse_conv  # noqa: E402
+from models.sparse.triton.plan import mask_order, neighbour_table, tile_occupancy  # noqa: E402
 
 
 def record_layers(coords, feats):
@@ -33,17 +33,16 @@ def record_layers(coords, feats):
 
     def recorder(features, kernel, kernel_map, num_out):
         calls.append((kernel_map, kernel.shape[-2], kernel.shape[-1]))
-        return functional._torch_sparse_conv(features, kernel, kernel_map, num_out)
+        return reference_sparse_conv(features, kernel, kernel_map, num_out)
 
-    functional.register_implementation('record', recorder)
-    functional.set_implementation('record')
+    dispatch.register('reference', recorder)  # the reference path, seen on its way through
     try:
         torch.manual_seed(0)
-        model = DisNet(SimpleNamespace(arch_3d='MinkUNet18A', feature_2d_extractor='openseg')).eval()
-        with torch.no_grad():
+        model = DisNet('MinkUNet18A', 768).eval()
+        with torch.no_grad(), settings.using(conv='reference'):
             model(ME.SparseTensor(feats, coords))
     finally:
-        functional.set_implementation('torch')
+        dispatch.register('reference', reference_sparse_conv)
     return calls
 
 

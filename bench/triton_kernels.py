@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
 if os.environ.get('TRITON_INTERPRET') == '1':
     sys.exit('bench/triton_kernels.py compiles kernels: run it with TRITON_INTERPRET unset')
@@ -31,7 +30,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from models.disnet import DisNet  # noqa: E402
-from models.sparse import triton_conv as tc  # noqa: E402
+from models.sparse.triton import kernels, plan  # noqa: E402
 from models.sparse.modules import Convolution, ConvolutionTranspose  # noqa: E402
 
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}  # bytes per block (opt-in max)
@@ -41,7 +40,7 @@ DTYPES = {'fp32': ('fp32', 'ieee'), 'tf32': ('fp32', 'native'), 'fp16': ('fp16',
 
 def layer_shapes(arch='MinkUNet18A'):
     """Distinct (kernel volume, C_in, C_out) of the network's convolutions with more than one offset."""
-    model = DisNet(SimpleNamespace(arch_3d=arch, feature_2d_extractor='openseg'))
+    model = DisNet(arch, 768)
     shapes = set()
     for m in model.modules():
         if isinstance(m, (Convolution, ConvolutionTranspose)) and m.kernel.dim() == 3:
@@ -55,11 +54,11 @@ def variants(shapes, candidates, candidate_c_in=96):
     GEMM at ``candidate_c_in`` input channels, the width of the full-resolution layers)."""
     gemm, wgrad = set(), set()
     for _, c_in, c_out in shapes:
-        gemm.update({(c_in, tc.gemm_config(c_in, c_out)), (c_out, tc.gemm_config(c_out, c_in))})
-        wgrad.add((0, tc.weight_grad_config(c_in, c_out)))
+        gemm.update({(c_in, plan.gemm_config(c_in, c_out)), (c_out, plan.gemm_config(c_out, c_in))})
+        wgrad.add((0, plan.weight_grad_config(c_in, c_out)))
     if candidates:
-        gemm.update((candidate_c_in, c) for c in tc.GEMM_CANDIDATES)
-        wgrad.update((0, c) for c in tc.WEIGHT_GRAD_CANDIDATES)
+        gemm.update((candidate_c_in, c) for c in plan.GEMM_CANDIDATES)
+        wgrad.update((0, c) for c in plan.WEIGHT_GRAD_CANDIDATES)
     return [('implicit_gemm',) + v for v in sorted(gemm)] + [('weight_grad',) + v for v in sorted(wgrad)]
 
 
@@ -83,7 +82,7 @@ def compile_variant(kernel_name, c_in, config, dtype_name, arch):
     """Compile one variant for ``sm_<arch>`` (``c_in``: the implicit GEMM's C_IN constant); returns a dict of
     its resource usage."""
     dtype, dot = DTYPES[dtype_name]
-    fn = tc._implicit_gemm_kernel if kernel_name == 'implicit_gemm' else tc._weight_grad_kernel
+    fn = kernels.implicit_gemm_kernel if kernel_name == 'implicit_gemm' else kernels.weight_grad_kernel
     sig, blocks = _signature(kernel_name, dtype)
     values = [c_in] + list(config[:3]) if kernel_name == 'implicit_gemm' else [8] + list(config[:3])
     constexprs = dict(zip(blocks, values), DOT=dot)

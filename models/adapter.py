@@ -1,4 +1,4 @@
-"""The ESS adapter (paper §3.3, SPEC §2.2): a residual bottleneck on the fused 2D embeddings.
+"""The ESS adapter (paper §3.3; docs/method.md, "ESS"): a residual bottleneck on the fused 2D embeddings.
 
     a(x)   = W2(W1 x) * (1 - alpha) + x * alpha        W1: D -> D/4 (no bias), W2: D/4 -> D (bias)
     logits = a(x) @ T^T                                 T: the frozen CLIP text embeddings [C, D]

@@ -1,9 +1,10 @@
-"""The MinkUNet family (Choy et al., CVPR'19), as the 3DSS-VLG / OpenScene code uses it (SPEC §4).
+"""The MinkUNet family (Choy et al., CVPR'19), as the 3DSS-VLG / OpenScene code uses it.
 
 Same modules, attribute names, channel plan and initialisation as upstream ``models/mink_unet.py`` +
 ``models/resnet_base.py`` + MinkowskiEngine's ``modules/resnet_block.py``, so an upstream checkpoint
-loads with ``strict=True``. The layers come from a backend namespace (``models.sparse.backend``):
-our pure-PyTorch engine by default, MinkowskiEngine itself when asked for and installed.
+loads with ``strict=True``. The layers come from an engine namespace (``models.sparse.engine``):
+the built-in pure-PyTorch engine by default, MinkowskiEngine itself when asked for and installed
+(docs/sparse_engine.md).
 
 Shape: stem conv k5 (stride 1) -> four [k2 s2 conv, BN, ReLU, residual blocks] going down to tensor
 stride 16 -> four [k2 s2 transposed conv, BN, ReLU, concat skip, residual blocks] back to stride 1
@@ -15,7 +16,7 @@ import math
 import torch
 import torch.nn as nn
 
-from models.sparse.backend import get_sparse_backend
+from models.sparse.engine import get_engine
 
 
 class BasicBlock(nn.Module):
@@ -89,11 +90,11 @@ class MinkUNetBase(nn.Module):
     INIT_DIM = 32
     OUT_TENSOR_STRIDE = 1
 
-    def __init__(self, in_channels, out_channels, D=3, backend='torch'):
+    def __init__(self, in_channels, out_channels, D=3, engine='builtin'):
         super().__init__()
         self.D = D
         # A plain attribute (not a module): the namespace of layer classes this net is built from.
-        self.ME = get_sparse_backend(backend) if isinstance(backend, str) else backend
+        self.ME = get_engine(engine) if isinstance(engine, str) else engine
         self.network_initialization(in_channels, out_channels, D)
         self.weight_initialization()
 
@@ -270,8 +271,8 @@ ARCHITECTURES = {cls.__name__: cls for cls in (
     MinkUNet34A, MinkUNet34B, MinkUNet34C)}
 
 
-def mink_unet(in_channels=3, out_channels=20, D=3, arch='MinkUNet18A', backend='torch'):
+def mink_unet(in_channels=3, out_channels=20, D=3, arch='MinkUNet18A', engine='builtin'):
     """Build a MinkUNet by name (``arch_3d`` in the configs)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f'unknown 3D architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}')
-    return ARCHITECTURES[arch](in_channels, out_channels, D, backend=backend)
+    return ARCHITECTURES[arch](in_channels, out_channels, D, engine=engine)

@@ -126,12 +126,21 @@ def workers_key(default=4):
 
 
 def network_keys():
-    """The 3D network and the sparse engine it runs on (ESG training and evaluation)."""
+    """The 3D network, the sparse engine it runs on and how that engine convolves (ESG training and evaluation;
+    the last three: models/sparse/settings.py, docs/sparse_engine.md)."""
+    from models.sparse.settings import CONVS, ROW_ORDERS
     return [
         Key('arch_3d', str, 'MinkUNet18A', 'MinkUNet variant (MinkUNet18A as upstream; 14A is the smaller one)',
             'NETWORK', check=_arch, must='a MinkUNet architecture name such as MinkUNet18A'),
         Key('sparse_engine', str, 'builtin', 'builtin (this project) or minkowski (needs MinkowskiEngine)',
             'NETWORK', **one_of('builtin', 'minkowski')),
+        Key('sparse_conv', str, 'reference', 'builtin engine: reference (gather, matmul, scatter; CPU and CUDA) or '
+            'triton (implicit-GEMM kernels, CUDA)', 'NETWORK', **one_of(*CONVS)),
+        Key('sparse_conv_row_order', str, 'mask', 'triton: output rows tiled by neighbour mask (mask) or in memory '
+            'order (none; set it in the YAML file: on the command line none reads as null)', 'NETWORK',
+            **one_of(*ROW_ORDERS)),
+        Key('sparse_conv_autotune', bool, False, "triton: Triton's autotuner picks the tile shapes (not bitwise "
+            'reproducible)', 'NETWORK'),
         Key('amp', str, 'off', 'off, bf16 or fp16 (autocast; fp16 on CUDA only)', 'NETWORK',
             **one_of('off', 'bf16', 'fp16')),
     ]

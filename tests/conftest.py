@@ -1,6 +1,7 @@
 import os
 import sys
 
+import pytest
 import torch
 
 # Tests never reach a model hub: an open_clip pretrained tag must fail at once, not after retries.
@@ -11,3 +12,13 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def kernel_map_builds(monkeypatch):
+    """The calls to ``kmap.build_kernel_map`` during the test: the coordinate managers' cache misses."""
+    from models.sparse import kmap
+    calls = []
+    build = kmap.build_kernel_map
+    monkeypatch.setattr(kmap, 'build_kernel_map', lambda *args: calls.append(args) or build(*args))
+    return calls

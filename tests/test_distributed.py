@@ -70,13 +70,13 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     assert r0['summary']['val_miou'] == r1['summary']['val_miou']
     assert np.allclose(r0['summary']['train_loss'], r1['summary']['train_loss'])
     # the weights moved away from rank 0's initialisation (identical weights would be trivial otherwise)
-    from models.disnet import DisNet
     import train_esg
     from util.config import load_config
+    from util.inference import build_disnet
     from util.misc import set_seed
     cfg = load_config(argv, train_esg.SCHEMA)
     set_seed(cfg.manual_seed)  # what train() does before building the network
-    init = dict(DisNet(cfg).named_parameters())
+    init = dict(build_disnet(cfg).named_parameters())
     assert any(not torch.equal(init[k].detach(), r0['params'][k]) for k in init)
     assert os.path.isfile(os.path.join(root, 'esg', 'last.pth'))
 
@@ -93,8 +93,7 @@ def test_single_process_without_torchrun(monkeypatch):
 
 def test_sync_bn_keeps_the_state_dict_and_refuses_cpu():
     from models.disnet import DisNet
-    from util.config import CfgNode
-    net = DisNet(CfgNode(arch_3d='MinkUNet14A', feature_2d_extractor='lseg'))
+    net = DisNet('MinkUNet14A', 512)
     keys = list(net.state_dict())
     synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     assert list(synced.state_dict()) == keys  # the sparse BN's inner .bn is replaced in place

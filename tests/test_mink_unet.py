@@ -1,4 +1,4 @@
-"""MinkUNet / DisNet: upstream checkpoint layout, forward/backward, autocast, backends."""
+"""MinkUNet / DisNet: upstream checkpoint layout, forward/backward, autocast, engines."""
 import math
 from types import SimpleNamespace
 
@@ -8,6 +8,7 @@ import torch
 import models.sparse as ME
 from models.disnet import DisNet
 from models.mink_unet import mink_unet
+from util.inference import build_disnet
 
 
 def _bn(prefix, c):
@@ -17,7 +18,7 @@ def _bn(prefix, c):
 
 def upstream_minkunet18a_keys(prefix='net3d.', out_dim=768):
     """Key -> shape of upstream DisNet(MinkUNet18A), written from the architecture description
-    (SPEC §4): ME kernels are [K, C_in, C_out], or [C_in, C_out] for 1x1; BasicBlock x2 per stage;
+    (docs/sparse_engine.md): ME kernels are [K, C_in, C_out], or [C_in, C_out] for 1x1; BasicBlock x2 per stage;
     a 1x1 conv + BN projection (``downsample.0/.1``) on a block whose input width differs."""
     planes = (32, 64, 128, 256, 128, 128, 96, 96)
     t = {}
@@ -69,7 +70,7 @@ def small_scene(n=1500, batch=2, seed=0):
 
 def test_state_dict_matches_upstream_layout_and_loads_strict():
     torch.manual_seed(0)
-    model = DisNet(SimpleNamespace(arch_3d='MinkUNet18A', feature_2d_extractor='openseg'))
+    model = DisNet('MinkUNet18A', 768)
     expected = upstream_minkunet18a_keys()
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert ours == expected
@@ -78,8 +79,7 @@ def test_state_dict_matches_upstream_layout_and_loads_strict():
     from util.checkpoint import _strip_module_prefix  # what load_checkpoint applies
     model.load_state_dict(_strip_module_prefix(ckpt), strict=True)
     assert torch.equal(model.net3d.final.kernel, ckpt['module.net3d.final.kernel'])
-    assert DisNet(SimpleNamespace(arch_3d='MinkUNet14A', feature_2d_extractor='lseg')).net3d.final.kernel.shape \
-        == (96, 512)
+    assert DisNet('MinkUNet14A', 512).net3d.final.kernel.shape == (96, 512)
 
 
 def test_upstream_weight_initialisation():
@@ -95,7 +95,7 @@ def test_upstream_weight_initialisation():
     assert torch.all(net.bn0.bn.weight == 1) and torch.all(net.bn0.bn.bias == 0)
 
 
-def test_minkunet18a_forward_backward_cpu():
+def test_minkunet18a_forward_backward_cpu(kernel_map_builds):
     torch.manual_seed(0)
     coords, feats = small_scene()
     net = mink_unet(3, 16, arch='MinkUNet18A')
@@ -103,12 +103,13 @@ def test_minkunet18a_forward_backward_cpu():
     out = net(x)
     assert out.shape == (len(coords), 16) and torch.isfinite(out).all()
     # Eight stride levels -> maps at strides 1, 2, 4, 8, 16; each built once.
-    builds = x.coordinate_manager.kernel_map_builds
+    kernel_map_builds.clear()
     target = torch.randn_like(out)
     (1 - torch.cosine_similarity(out, target)).mean().backward()
     grads = [p.grad for p in net.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert net.conv0p1s1.kernel.grad.abs().sum() > 0
+    assert not kernel_map_builds  # the backward pass reuses the forward's kernel maps
     # Batch items do not interact: scene 0's output is the same with scene 1 removed (eval-mode BN).
     net.eval()
     with torch.no_grad():
@@ -116,7 +117,6 @@ def test_minkunet18a_forward_backward_cpu():
         only0 = coords[:, 0] == 0
         alone = net(ME.SparseTensor(feats[only0], coords[only0]))
     torch.testing.assert_close(full[only0], alone, rtol=1e-4, atol=1e-4)
-    assert builds == x.coordinate_manager.kernel_map_builds
 
 
 def test_autocast_bf16_cpu_runs():
@@ -130,7 +130,7 @@ def test_autocast_bf16_cpu_runs():
     assert torch.isfinite(net.conv0p1s1.kernel.grad).all()
 
 
-def test_unknown_arch_and_minkowski_backend_errors():
+def test_unknown_arch_and_minkowski_engine_errors():
     with pytest.raises(ValueError, match='MinkUNet18A'):
         mink_unet(3, 8, arch='MinkUNet99')
     try:
@@ -138,8 +138,8 @@ def test_unknown_arch_and_minkowski_backend_errors():
         pytest.skip('MinkowskiEngine is installed here')
     except ImportError:
         pass
-    with pytest.raises(ImportError, match='backend: torch'):
-        DisNet(SimpleNamespace(arch_3d='MinkUNet18A', feature_2d_extractor='openseg',
-                               sparse_backend='minkowski'))
-    with pytest.raises(ValueError, match='unknown sparse backend'):
-        ME.get_sparse_backend('spconv')
+    with pytest.raises(ImportError, match='sparse_engine: builtin'):
+        build_disnet(SimpleNamespace(arch_3d='MinkUNet18A', feature_2d_extractor='openseg',
+                                     sparse_engine='minkowski'))
+    with pytest.raises(ValueError, match='unknown sparse engine'):
+        ME.get_engine('spconv')

@@ -12,23 +12,32 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')  # also set by conftest.py, before anything imports triton
 triton = pytest.importorskip('triton')
-from models.sparse.triton_conv import _interpreting  # noqa: E402
+from models.sparse.triton.kernels import interpreting  # noqa: E402
 
-if not torch.cuda.is_available() and not _interpreting():
+if not torch.cuda.is_available() and not interpreting():
     pytest.skip('no CUDA, and triton was imported before TRITON_INTERPRET=1 was set', allow_module_level=True)
 
 import models.sparse as ME  # noqa: E402
-from models.sparse import functional  # noqa: E402
-from models.sparse import triton_conv  # noqa: E402
-from models.sparse.triton_conv import mask_order, neighbour_table, tile_occupancy, triton_sparse_conv  # noqa: E402
+from models.sparse import dispatch, settings  # noqa: E402
+from models.sparse.reference import reference_sparse_conv  # noqa: E402
+from models.sparse.triton import kernels, plan  # noqa: E402
+from models.sparse.triton.conv import triton_sparse_conv  # noqa: E402
+from models.sparse.triton.plan import mask_order, neighbour_table, tile_occupancy  # noqa: E402
 from tests.test_sparse_conv import random_sparse  # noqa: E402
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
+@pytest.fixture
+def conv_settings():
+    """``settings.configure`` for the test; the previous settings come back after it."""
+    with settings.using():
+        yield settings.configure
+
+
 def both_paths(kernel_map, feats, kernel, num_out, dtype):
     results = []
-    for fn in (functional._torch_sparse_conv, triton_sparse_conv):
+    for fn in (reference_sparse_conv, triton_sparse_conv):
         f = feats.detach().to(DEVICE, dtype).requires_grad_()
         w = kernel.detach().to(DEVICE, dtype).requires_grad_()
         out = fn(f, w, kernel_map, num_out)
@@ -53,10 +62,10 @@ def layer_map(kind, x):
     return km
 
 
-@pytest.mark.parametrize('row_order', triton_conv.ROW_ORDERS)
+@pytest.mark.parametrize('row_order', settings.ROW_ORDERS)
 @pytest.mark.parametrize('kind', [(1, 1), (3, 1), (3, 2), (2, 1), (5, 1), 'down', 'transposed'])
-def test_triton_equals_reference_fp32(kind, row_order, monkeypatch):
-    monkeypatch.setattr(triton_conv, '_row_order', row_order)
+def test_triton_equals_reference_fp32(kind, row_order, conv_settings):
+    conv_settings(row_order=row_order)
     coords, feats = random_sparse(n_per_batch=50, channels=20, seed=3, dtype=torch.float32)
     x = ME.SparseTensor(feats.to(DEVICE), coords.to(DEVICE))
     km = layer_map(kind, x)
@@ -149,20 +158,20 @@ def test_gather_plan_is_a_permutation_of_the_table_and_cached():
     coords, feats = random_sparse(n_per_batch=40, channels=4, seed=2, dtype=torch.float32)
     km = layer_map((3, 1), ME.SparseTensor(feats, coords))
     for transposed in (False, True):
-        table, rows = triton_conv.gather_plan(km, transposed)
-        assert triton_conv.gather_plan(km, transposed)[0] is table
+        table, rows = plan.gather_plan(km, transposed)
+        assert plan.gather_plan(km, transposed)[0] is table
         assert sorted(rows.tolist()) == list(range(table.shape[1]))
         assert torch.equal(table, neighbour_table(km, transposed)[:, rows.long()])
 
 
-def test_selected_through_the_layers(monkeypatch):
-    """SPARSE_CONV_IMPL / set_implementation switch every layer without touching the model code."""
+def test_selected_through_the_layers(conv_settings):
+    """The sparse_conv setting switches every layer without touching the model code."""
     coords, feats = random_sparse(n_per_batch=30, channels=4, seed=1, dtype=torch.float32)
     torch.manual_seed(0)
     conv = ME.Convolution(4, 16, kernel_size=3).to(DEVICE)
     x = ME.SparseTensor(feats.to(DEVICE), coords.to(DEVICE))
     ref = conv(x).F
-    monkeypatch.setattr(functional, '_selected', 'triton')
+    conv_settings(conv='triton')
     torch.testing.assert_close(conv(x).F, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -182,31 +191,39 @@ def test_kernels_compile_for_a100_and_h100_without_spilling():
     assert run.stdout.count(' wgmma ') > 0  # fp16 / bf16 products became Hopper tensor-core instructions
 
 
-def test_plans_are_built_with_the_kernel_map_when_triton_is_selected(monkeypatch):
-    """The selected implementation's forward plan is built (and timed) with the map; the feature-gradient plan
-    only by a backward pass that needs it; the torch path builds none."""
+def test_plans_are_prepared_once_per_kernel_map_when_triton_is_selected(conv_settings, monkeypatch):
+    """A kernel map knows no implementation; the first convolution on it lets the selected one prepare it
+    (Triton: the forward plan, once per map), the feature-gradient plan comes with a backward pass that needs
+    it; the reference path builds none."""
+    prepared = []
+    monkeypatch.setattr(dispatch, 'prepare', lambda km, impl, real=dispatch.prepare: prepared.append(km) or
+                        real(km, impl))
     coords, feats = random_sparse(n_per_batch=30, channels=4, seed=1, dtype=torch.float32)
-    for selected in ('triton', 'torch'):
-        monkeypatch.setattr(functional, '_selected', selected)
+    for selected in ('triton', 'reference'):
+        conv_settings(conv=selected)
         x = ME.SparseTensor(feats.requires_grad_(), coords)
         km = x.coordinate_manager.kernel_map(1, 1, 3, 1, False)
         plans = lambda: {key[1] for key in km.cache if key[0] == 'gather_plan'}  # noqa: E731
-        assert plans() == ({False} if selected == 'triton' else set())
-        functional.sparse_conv(x.F, torch.randn(27, 4, 8), km, km.num_out).sum().backward()
-        assert plans() == ({False, True} if selected == 'triton' else set())
+        assert plans() == set()
+        for _ in range(2):
+            out = dispatch.sparse_conv(x.F, torch.randn(27, 4, 8), km, km.num_out)
+            assert plans() >= ({False} if selected == 'triton' else set())
+            out.sum().backward()
+            assert plans() == ({False, True} if selected == 'triton' else set())
+        assert sum(p is km for p in prepared) == (1 if selected == 'triton' else 0)
 
 
-def test_autotuned_path_equals_reference(monkeypatch):
-    """SPARSE_CONV_TRITON_AUTOTUNE=1: the autotuner prunes the candidates to the layer's widths, times each (in
+def test_autotuned_path_equals_reference(conv_settings):
+    """sparse_conv_autotune True: the autotuner prunes the candidates to the layer's widths, times each (in
     the interpreter: one call), and whichever it keeps gives the reference's outputs and gradients."""
-    monkeypatch.setattr(triton_conv, '_autotune', True)
+    conv_settings(autotune=True)
     coords, feats = random_sparse(n_per_batch=40, channels=20, seed=3, dtype=torch.float32)
     km = layer_map((3, 1), ME.SparseTensor(feats.to(DEVICE), coords.to(DEVICE)))
     kernel = torch.randn(27, 20, 24, generator=torch.Generator().manual_seed(4))
     (ref, ref_gf, ref_gw), (out, gf, gw) = both_paths(km, feats, kernel, km.num_out, torch.float32)
     for got, want in ((out, ref), (gf, ref_gf), (gw, ref_gw)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    tuned = triton_conv.tuned_configs()
+    tuned = kernels.tuned_configs()
     assert tuned['implicit_gemm'] and tuned['weight_grad']  # both kernels went through the autotuner
     for config in tuned['implicit_gemm'].values():  # 20 -> 24 channels: no candidate wider than 32
         assert 'BLOCK_N: 64' not in config and 'BLOCK_K: 64' not in config
@@ -214,17 +231,17 @@ def test_autotuned_path_equals_reference(monkeypatch):
 
 def test_autotune_pruning_keeps_tiles_within_the_channels():
     configs = [triton.Config({'BLOCK_M': m, 'BLOCK_N': n, 'BLOCK_K': k})
-               for m, n, k, *_ in triton_conv.GEMM_CANDIDATES]
-    kept = triton_conv._fits(configs, {'C_IN': 20, 'c_out': 40}, {'BLOCK_N': 'c_out', 'BLOCK_K': 'C_IN'})
+               for m, n, k, *_ in plan.GEMM_CANDIDATES]
+    kept = plan.fitting_configs(configs, {'C_IN': 20, 'c_out': 40}, {'BLOCK_N': 'c_out', 'BLOCK_K': 'C_IN'})
     assert kept and all(c.kwargs['BLOCK_N'] <= 64 and c.kwargs['BLOCK_K'] <= 32 for c in kept)
     assert len(kept) < len(configs)
     # channels narrower than every candidate: the smallest candidate is kept, never an empty list
-    kept = triton_conv._fits(configs, {'C_IN': 3, 'c_out': 8}, {'BLOCK_N': 'c_out', 'BLOCK_K': 'C_IN'})
+    kept = plan.fitting_configs(configs, {'C_IN': 3, 'c_out': 8}, {'BLOCK_N': 'c_out', 'BLOCK_K': 'C_IN'})
     assert [(c.kwargs['BLOCK_N'], c.kwargs['BLOCK_K']) for c in kept] == [(32, 16)]
 
 
 def test_weight_grad_slices():
-    assert triton_conv.weight_grad_slices(100, 27, 32, 32) == 1  # small maps: one slice per offset
-    assert triton_conv.weight_grad_slices(750_000, 27, 96, 96) == 32  # capped at 32
+    assert plan.weight_grad_slices(100, 27, 32, 32) == 1  # small maps: one slice per offset
+    assert plan.weight_grad_slices(750_000, 27, 96, 96) == 32  # capped at 32
     # the float32 partial sums stay within the 64 MiB budget: 27 x 256 x 256 x 4 B = 6.75 MiB per slice
-    assert triton_conv.weight_grad_slices(750_000, 27, 256, 256) == 9
+    assert plan.weight_grad_slices(750_000, 27, 256, 256) == 9

@@ -1,6 +1,6 @@
 """The one prediction path of the 3D network, shared by validation in ``train_esg.py`` and ``evaluate.py``.
 
-For every scene and every repeat (SPEC §2.4):
+For every scene and every repeat (docs/method.md, "Evaluation"):
     voxel features  out = DisNet(SparseTensor(colours, voxel coords))          [V, D]
     voxel logits    out @ T^T   (T: L2-normalised CLIP text embeddings)          [V, C]
     point logits    voxel_logits[inverse]  (the voxeliser's point -> voxel map)  [N, C]
@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dataset.formats import all_scene_names, fused_feature_files, load_scene_fused_features, scene_name
+from dataset.formats import all_scene_names, feature_dim, fused_feature_files, load_scene_fused_features, scene_name
+from models.disnet import DisNet
 from util import metric
 from util.progress import progress
 
@@ -64,11 +65,17 @@ def autocast_context(device, amp):
     return torch.autocast(device_type=device.type, dtype=dtypes[amp])
 
 
+def build_disnet(cfg):
+    """The DisNet a config describes: ``arch_3d``, the width of ``feature_2d_extractor``'s embeddings,
+    ``sparse_engine`` (builtin when absent)."""
+    out_channels = feature_dim(getattr(cfg, 'feature_2d_extractor', 'openseg'))
+    return DisNet(getattr(cfg, 'arch_3d', None), out_channels, getattr(cfg, 'sparse_engine', None) or 'builtin')
+
+
 def sparse_input(model, coords, feats, device):
     """The network input: a sparse tensor of colours at integer voxel coordinates (batch, x, y, z), built
-    by the sparse engine the network was built on (``sparse_backend``: ours or MinkowskiEngine)."""
-    net = getattr(model, 'module', model)  # DDP wraps the DisNet
-    return net.net3d.ME.SparseTensor(feats.float().to(device), coords.int().to(device))
+    by the sparse engine the network was built on (``sparse_engine``: builtin or minkowski)."""
+    return getattr(model, 'module', model).sparse_input(coords, feats, device)  # DDP wraps the DisNet
 
 
 def forward_voxels(model, coords, feats, device, amp=False):

@@ -1,4 +1,5 @@
-"""Layers with MinkowskiEngine's names, arguments and parameter layout (so checkpoints move between them).
+"""Layers with MinkowskiEngine's names, arguments and parameter layout (so checkpoints move between them;
+docs/sparse_engine.md).
 
 * ``Convolution``: parameter ``kernel`` [K, C_in, C_out] ([C_in, C_out] when K == 1), optional ``bias``
   [1, C_out]; odd kernel + stride 1 keeps the input coordinates (submanifold); stride s > 1 floors the
@@ -14,7 +15,8 @@ import math
 import torch
 import torch.nn as nn
 
-from models.sparse.functional import sparse_conv
+from models.sparse.dispatch import sparse_conv
+from models.sparse.kmap import KernelGenerator
 from models.sparse.tensor import SparseTensor
 
 
@@ -31,22 +33,20 @@ class _ConvolutionBase(nn.Module):
         super().__init__()
         if dimension != 3:
             raise ValueError(f'only 3D sparse convolutions are implemented, found dimension={dimension}')
-        for name, v in (('kernel_size', kernel_size), ('stride', stride), ('dilation', dilation)):
-            if isinstance(v, (list, tuple)):
-                if len(set(v)) != 1:
-                    raise ValueError(f'only cubic {name} is supported, found {v}')
-                v = v[0]
-            if int(v) < 1:
-                raise ValueError(f'{name} must be >= 1, found {v}')
-            setattr(self, name, int(v))
+        self.kernel_generator = KernelGenerator(kernel_size, stride, dilation)  # validates the three
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.dimension = dimension
-        self.kernel_volume = self.kernel_size ** 3
         shape = ((self.in_channels, self.out_channels) if self.kernel_volume == 1 else
                  (self.kernel_volume, self.in_channels, self.out_channels))
         self.kernel = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.empty(1, self.out_channels)) if bias else None
         self.reset_parameters()
+
+    # read from the generator, their one owner (MinkowskiEngine's layers expose them the same way)
+    kernel_size = property(lambda self: self.kernel_generator.kernel_size)
+    stride = property(lambda self: self.kernel_generator.stride)
+    dilation = property(lambda self: self.kernel_generator.dilation)
+    kernel_volume = property(lambda self: self.kernel_generator.volume)
 
     def reset_parameters(self):
         n = (self.out_channels if self.is_transpose else self.in_channels) * self.kernel_volume
@@ -64,8 +64,8 @@ class _ConvolutionBase(nn.Module):
         manager = x.coordinate_manager
         in_stride = x.tensor_stride[0]
         out_stride = self._output_stride(manager, in_stride)
-        kmap = manager.kernel_map(in_stride, out_stride, self.kernel_size, self.dilation, self.is_transpose)
-        out = sparse_conv(x.F, self.kernel, kmap, kmap.num_out)
+        km = manager.kernel_map(in_stride, out_stride, self.kernel_size, self.dilation, self.is_transpose)
+        out = sparse_conv(x.F, self.kernel, km, km.num_out)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return SparseTensor(out, tensor_stride=out_stride, coordinate_manager=manager)

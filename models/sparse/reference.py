@@ -1,0 +1,75 @@
+"""The reference sparse convolution: gather -> matmul -> scatter-add, one kernel offset at a time.
+
+The default implementation (``sparse_conv: reference``), on CPU and CUDA, and the oracle the other
+implementations are tested against. The identity offset of a submanifold conv (pairs (i, i) for every row)
+is one dense matmul.
+
+Memory: the backward pass re-gathers ``F[in_idx]`` and ``dOut[out_idx]`` per offset instead of
+saving one gathered copy per offset in the forward (that would cost sum_k |M_k| x C floats, ~27x the
+features for a 3x3x3 conv), and the saved features are kept in the compute dtype.
+"""
+import torch
+
+from models.sparse.dispatch import make_autograd_functions, register
+
+
+def _accumulate_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _forward(features, kernel3, kernel_map, num_out):
+    acc = _accumulate_dtype(features.dtype)
+    ptr = kernel_map.bounds
+    ident = kernel_map.identity_offset
+    if ident >= 0:
+        out = (features @ kernel3[ident]).to(acc)
+    else:
+        out = features.new_zeros((num_out, kernel3.shape[2]), dtype=acc)
+    for k in range(kernel3.shape[0]):
+        a, b = ptr[k], ptr[k + 1]
+        if k == ident or a == b:
+            continue
+        rows = features.index_select(0, kernel_map.in_idx[a:b]) @ kernel3[k]
+        out.index_add_(0, kernel_map.out_idx[a:b], rows.to(acc))
+    return out
+
+
+def _backward(grad_out, features, kernel3, kernel_map, need_features, need_kernel):
+    acc = _accumulate_dtype(features.dtype)
+    ptr = kernel_map.bounds
+    ident = kernel_map.identity_offset
+    grad_f = grad_k = None
+    if need_features:
+        if ident >= 0:
+            grad_f = (grad_out @ kernel3[ident].t()).to(acc)
+        else:
+            grad_f = features.new_zeros(features.shape, dtype=acc)
+    if need_kernel:
+        grad_k = torch.zeros(kernel3.shape, dtype=acc, device=kernel3.device)
+        if ident >= 0:
+            grad_k[ident] = (features.t() @ grad_out).to(acc)
+    for k in range(kernel3.shape[0]):
+        a, b = ptr[k], ptr[k + 1]
+        if k == ident or a == b:
+            continue
+        in_idx, out_idx = kernel_map.in_idx[a:b], kernel_map.out_idx[a:b]
+        g = grad_out.index_select(0, out_idx)  # recomputed gathers: nothing per offset was saved
+        if need_features:
+            grad_f.index_add_(0, in_idx, (g @ kernel3[k].t()).to(acc))
+        if need_kernel:
+            grad_k[k] = (features.index_select(0, in_idx).t() @ g).to(acc)
+    return grad_f, grad_k
+
+
+_FUNCTIONS = make_autograd_functions('SparseConvFunction', _forward, _backward)
+
+
+def reference_sparse_conv(features, kernel, kernel_map, num_out):
+    """``sparse_conv`` through the reference path (no shape checks: ``dispatch.sparse_conv`` makes them)."""
+    fn = _FUNCTIONS.get(features.device.type)
+    if fn is None:
+        raise NotImplementedError(f'sparse_conv supports cpu and cuda tensors, found {features.device}')
+    return fn.apply(features, kernel, kernel_map, num_out)
+
+
+register('reference', reference_sparse_conv)
