@@ -41,7 +41,7 @@ def experiment(tmp_path_factory):
     """<root>/exp/best.pth (random weights) and <root>/exp/result_eval/eval_config.yaml: an experiment folder
     laid out as run/esg.sh and run/eval.sh leave it."""
     import torch
-    from models.disnet import DisNet
+    from util.inference import build_disnet
     from util.checkpoint import save_checkpoint
     root = str(tmp_path_factory.mktemp('viewer'))
     data = make_tiny_dataset(root, n_train=1, n_val=2)
@@ -52,7 +52,7 @@ def experiment(tmp_path_factory):
                                                           'save_folder', os.path.join(exp, 'result_eval')],
                       evaluate.SCHEMA)
     torch.manual_seed(0)
-    save_checkpoint(os.path.join(exp, 'best.pth'), model=DisNet(cfg), epoch=0, best_metric=0.0)
+    save_checkpoint(os.path.join(exp, "best.pth"), model=build_disnet(cfg), epoch=0, best_metric=0.0)
     os.makedirs(os.path.join(exp, 'result_eval'))
     with open(os.path.join(exp, 'result_eval', 'eval_config.yaml'), 'w') as f:  # as evaluate.py writes it
         f.write(dump_config(cfg, evaluate.SCHEMA))
