@@ -24,5 +24,5 @@ echo "== training step, ours (reference, triton) vs spconv"
 python3 bench/sparse_unet.py --batch-sizes 1,4 --steps 10 --warmup 3 2>&1 | tee "$out/sparse_unet.txt"
 
 echo "== Triton path: row orders and autotuned tile shapes, batch 4"
-python3 bench/sparse_unet.py --conv triton --batch-sizes 4 --dtype fp16,fp32 --row-orders mask,none \
+python3 bench/sparse_unet.py --conv triton --batch-sizes 4 --dtype fp16,fp32 --row-orders mask,memory \
     --autotune --steps 5 --warmup 4 2>&1 | tee "$out/sparse_unet_tuning.txt"

@@ -137,7 +137,7 @@ def network_keys():
         Key('sparse_conv', str, 'reference', 'builtin engine: reference (gather, matmul, scatter; CPU and CUDA) or '
             'triton (implicit-GEMM kernels, CUDA)', 'NETWORK', **one_of(*CONVS)),
         Key('sparse_conv_row_order', str, 'mask', 'triton: output rows tiled by neighbour mask (mask) or in memory '
-            'order (none; set it in the YAML file: on the command line none reads as null)', 'NETWORK',
+            'order (memory)', 'NETWORK',
             **one_of(*ROW_ORDERS)),
         Key('sparse_conv_autotune', bool, False, "triton: Triton's autotuner picks the tile shapes (not bitwise "
             'reproducible)', 'NETWORK'),

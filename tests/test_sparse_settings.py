@@ -23,7 +23,7 @@ def test_defaults_and_the_log_line():
 
 @pytest.mark.parametrize('change, message', [
     (dict(conv='torch'), "sparse_conv must be one of reference, triton, found 'torch'"),
-    (dict(row_order='sorted'), "sparse_conv_row_order must be one of mask, none, found 'sorted'"),
+    (dict(row_order='sorted'), "sparse_conv_row_order must be one of mask, memory, found 'sorted'"),
     (dict(autotune=1), 'sparse_conv_autotune must be one of False, True, found 1'),
 ])
 def test_bad_values_name_the_key_and_the_allowed_values(change, message):
@@ -36,8 +36,8 @@ def test_bad_values_name_the_key_and_the_allowed_values(change, message):
 def test_using_restores_the_settings_after_an_error():
     before = settings.current()
     with pytest.raises(RuntimeError):
-        with settings.using(row_order='none') as inside:
-            assert settings.current() is inside and inside.row_order == 'none'
+        with settings.using(row_order='memory') as inside:
+            assert settings.current() is inside and inside.row_order == 'memory'
             raise RuntimeError
     assert settings.current() is before
 
@@ -49,16 +49,16 @@ def test_config_keys_are_declared_checked_at_load_and_applied(tmp_path):
     assert keys <= set(train_esg.SCHEMA.by_name) and keys <= set(evaluate.SCHEMA.by_name)
     schema = Schema('network keys', network_keys())
     path = tmp_path / 'net.yaml'
-    path.write_text('NETWORK:\n  sparse_conv: triton\n  sparse_conv_row_order: none\n  sparse_conv_autotune: True\n')
+    path.write_text('NETWORK:\n  sparse_conv: triton\n  sparse_conv_row_order: memory\n  sparse_conv_autotune: True\n')
     for key, value, message in (('sparse_conv', 'torch', "'sparse_conv' must be one of reference, triton"),
                                 ('sparse_engine', 'torch', "'sparse_engine' must be one of builtin, minkowski"),
-                                ('sparse_conv_row_order', 'sorted', "'sparse_conv_row_order' must be one of mask, none"),
+                                ('sparse_conv_row_order', 'sorted', "'sparse_conv_row_order' must be one of mask, memory"),
                                 ('sparse_conv_autotune', 'maybe', "'sparse_conv_autotune' must be a")):
         with pytest.raises(ConfigError, match=message):
             load_config(['--config', str(path), key, value], schema)
     with settings.using():
         assert str(settings.configure_from(load_config(['--config', str(path)], schema))) == \
-            'sparse_conv triton (row order none, autotune on)'
+            'sparse_conv triton (row order memory, autotune on)'
 
 
 def test_unknown_implementation_is_an_error():
@@ -87,7 +87,7 @@ def test_triton_is_imported_only_when_selected_and_its_plans_need_no_triton():
         'except ImportError as e:',
         "    print('needs triton:', e)",
     ])
-    env = dict(os.environ, PYTHONPATH=ROOT, SPARSE_CONV_IMPL='triton', SPARSE_CONV_ROW_ORDER='none')
+    env = dict(os.environ, PYTHONPATH=ROOT, SPARSE_CONV_IMPL='triton', SPARSE_CONV_ROW_ORDER='memory')
     run = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.startswith('needs triton:')

@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 
 CONVS = ('reference', 'triton')  # the implementations the package ships (dispatch.py imports them by name)
-ROW_ORDERS = ('mask', 'none')
+ROW_ORDERS = ('mask', 'memory')
 CONFIG_KEYS = {'conv': 'sparse_conv', 'row_order': 'sparse_conv_row_order', 'autotune': 'sparse_conv_autotune'}
 
 
@@ -17,7 +17,7 @@ CONFIG_KEYS = {'conv': 'sparse_conv', 'row_order': 'sparse_conv_row_order', 'aut
 class SparseConvSettings:
     """``conv``: the implementation (``reference``: gather, matmul, scatter per offset, CPU and CUDA;
     ``triton``: implicit-GEMM kernels, CUDA). ``row_order``: how the Triton path tiles output rows (``mask``:
-    grouped by neighbour mask, ``none``: memory order). ``autotune``: let Triton's autotuner pick the tile
+    grouped by neighbour mask, ``memory``: memory order). ``autotune``: let Triton's autotuner pick the tile
     shapes (False: a fixed rule, bitwise reproducible)."""
     conv: str = 'reference'
     row_order: str = 'mask'
