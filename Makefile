@@ -13,7 +13,7 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(if $(TORCH_INDEX),$(VENV)/bin/pip install torch torchvision --index-url $(TORCH_INDEX))
 	$(VENV)/bin/pip install -r requirements-test.txt
-	$(VENV)/bin/pip install -e . --no-deps
+	$(VENV)/bin/pip install -e . --no-deps --config-settings editable_mode=compat
 	touch $(STAMP)
 
 install: $(STAMP)

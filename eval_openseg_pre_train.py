@@ -1,4 +1,4 @@
-"""ESS inference (paper §3.3, SPEC §2.2): write the adapted ("indoor-aware") embeddings for ESG.
+"""ESS inference (paper §3.3; docs/method.md): write the adapted ("indoor-aware") embeddings for ESG.
 
     python eval_openseg_pre_train.py --config config/scannet/openseg_pre_eval.yaml [key value ...]
 
@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader
 from dataset import formats
 from dataset.ess_loader import ESSSceneDataset, collate_scene
 from dataset.label_constants import dataset_info
-from models.adapter import build_adapter
-from util import metric
+from pipeline.networks import build_adapter
+from pipeline import metric
 from util.checkpoint import load_checkpoint
 from pipeline.keys import dataset_keys, run_keys, text_keys, workers_key
 from train_openseg_pre_train import ADAPTER_KEYS
@@ -41,8 +41,8 @@ from util.misc import Timer, get_device, set_seed
 from util.progress import progress
 from util.provenance import OutputManifest, code_version
 from util.run_folder import RunFolder
-from util.text_embeddings import text_embeddings_from_config
-from vlm_ps_generation.pseudo_labels import pseudo_labels_from_features, scene_label_mask
+from pipeline.text_embeddings import text_embeddings_from_config
+from pipeline.pseudo_labels import pseudo_labels_from_features, scene_label_mask
 
 CHUNK = 65536  # points per forward pass: bounds memory on 500k-point scenes
 

@@ -1,11 +1,11 @@
-"""Evaluate a trained ESG network (SPEC §2.4): per-point predictions, mIoU / mAcc, pictures.
+"""Evaluate a trained ESG network (docs/method.md, "Evaluation"): per-point predictions, mIoU / mAcc, pictures.
 
     python evaluate.py --config config/scannet/openseg_eval.yaml model_path exp/scannet/esg/best.pth
 
 Loads a checkpoint (ours, or an upstream 3DSS-VLG / OpenScene MinkowskiEngine checkpoint: key
 ``state_dict``, with or without DDP's ``module.`` prefixes; the engine uses MinkowskiEngine's parameter
 layout, so the weights load unchanged), predicts every point of ``split`` with ``test_repeats``
-random voxelisations whose logits are summed (``util.inference.predict_split``, the code validation in
+random voxelisations whose logits are summed (``pipeline.inference.predict_split``, the code validation in
 ``train_esg.py`` runs), and writes to ``save_folder``:
     <scene>_pred.npy              predicted label per point (int64; 'unlabeled' = number of classes)
     <scene>_pred.ply, _gt.ply      coloured point clouds (``save_ply``)
@@ -29,14 +29,15 @@ from util import distributed as du
 from util.checkpoint import load_checkpoint
 from pipeline.keys import POSITIVE_INT, dataset_keys, network_keys, one_of, run_keys, text_keys, workers_key
 from util.config import CfgNode, Key, Schema, load_config
-from util.inference import build_disnet, eval_dataset, predict_split
+from pipeline.networks import build_disnet
+from pipeline.inference import eval_dataset, predict_split
 from util.io import atomic_np_save, atomic_write_text, safe_torch_load
-from util.metric import evaluate_confusion, format_table
+from pipeline.metric import evaluate_confusion, format_table
 from util.misc import Timer, set_seed
 from util.provenance import array_digest, code_version, file_digest
 from util.run_folder import ExistingResultsError, RunFolder
-from util.text_embeddings import text_embeddings_from_config
-from util.visualize import (IGNORED_COLOR, ceiling_crop, ceiling_height, error_colors, iou_bar_chart,
+from pipeline.text_embeddings import text_embeddings_from_config
+from pipeline.visualize import (IGNORED_COLOR, ceiling_crop, ceiling_height, error_colors, iou_bar_chart,
                             labels_to_colors, topdown_panels_png, write_ply)
 
 
@@ -91,7 +92,7 @@ def build_model(cfg, device, log):
 
 def scene_writer(cfg, val_set, info):
     """Callback of ``predict_split``: save a scene's predictions and pictures."""
-    from util.query import coverage_mask
+    from pipeline.query import coverage_mask
     palette = info.palette_with_unlabeled()
     crop = ceiling_crop(cfg, info)
 

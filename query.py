@@ -6,7 +6,7 @@
     python query.py --config config/demo/openseg_eval.yaml input my_room.ply          # one's own scan
 
 The evaluation config (every key of it applies: test_repeats, voxel_size, model, text embeddings) plus the
-keys of ``_query_keys`` (``python query.py --help``), given as ``key value`` overrides. Per scene and query (``util/query.py``: cosine similarity
+keys of ``_query_keys`` (``python query.py --help``), given as ``key value`` overrides. Per scene and query (``pipeline/query.py``: cosine similarity
 between the text embedding and the network's point embedding, averaged over the test-time voxelisations):
     <scene>_<query slug>.ply    the points coloured by the heat map, a float 'score' per vertex, the scan's own
                                 colours as scan_red / scan_green / scan_blue
@@ -21,7 +21,7 @@ labels.json, query_summary.json and query_config.yaml (the resolved config; the 
 Scenes: ``split`` (default the config's), ``scenes a,b`` (names within that split), or ``input`` a .ply / .pth
 scan or a folder of them (dataset/scan_io.py: x y z and colours are read, voxelised as in training, every
 point predicted; ``input_up_axis y`` for y-up scans, ``input_scale 0.001`` for millimetres). Scans with more
-than ``max_voxels`` voxels in a voxelisation run in tiles (``util.query.tiled_forward``).
+than ``max_voxels`` voxels in a voxelisation run in tiles (``pipeline.query.tiled_forward``).
 """
 import json
 import os
@@ -34,8 +34,8 @@ from util.config import load_config
 from util.io import atomic_np_save, atomic_write_text
 from util.misc import Timer, get_device, set_seed
 from util.run_folder import RunFolder
-from util import query as q
-from util import visualize as vis
+from pipeline import query as q
+from pipeline import visualize as vis
 
 def _query_keys():
     from pipeline.keys import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, one_of
@@ -82,9 +82,9 @@ SCHEMA = _schema()
 
 def build_dataset(cfg):
     """The scenes to answer: own scans (``input``), named scenes of ``split`` (``scenes``; voxelised as in the
-    whole split, ``util.query.SceneSubset``), or all of ``split``."""
+    whole split, ``pipeline.query.SceneSubset``), or all of ``split``."""
     from dataset.scan_io import ScanLoader, list_scans
-    from util.inference import eval_dataset
+    from pipeline.inference import eval_dataset
     if cfg.input:
         if cfg.scenes:
             raise ValueError("give either input (own scans) or scenes (of the data set), not both")
@@ -104,7 +104,7 @@ def build_dataset(cfg):
 
 def check_dimensions(cfg, label_emb, query_emb):
     """The text embeddings must live in the space the scores are computed in."""
-    from dataset.formats import feature_dim
+    from dataset.label_constants import feature_dim
     dim = feature_dim(cfg.feature_2d_extractor)
     for what, emb in (('labels', label_emb), ('queries', query_emb)):
         if emb.numel() and emb.shape[1] != dim:
@@ -245,7 +245,7 @@ def answer(cfg, device, logger):
                'feature_type': cfg.feature_type, 'test_repeats': cfg.test_repeats, 'labels': labels,
                'queries': queries, 'scenes': writer.scenes, 'wall_time_s': timer.elapsed()}
     if writer.same_labels and any(s['has_gt'] for s in writer.scenes.values()):
-        from util.metric import evaluate_confusion
+        from pipeline.metric import evaluate_confusion
         result = evaluate_confusion(conf, info.labels)
         summary['miou'] = result['miou']
         logger.info(f"mIoU against GT {result['miou']:.4f} (the label set is the config's classes: evaluate.py's number)")

@@ -1,4 +1,4 @@
-"""ESG, Embeddings Soft-Guidance Stage (paper §3.4, SPEC §2.3): distil the ESS embeddings into a 3D network.
+"""ESG, Embeddings Soft-Guidance Stage (paper §3.4; docs/method.md): distil the ESS embeddings into a 3D network.
 
     python train_esg.py --config config/scannet/openseg_train.yaml [key value ...]
     torchrun --nproc_per_node=4 train_esg.py --config config/scannet/openseg_train.yaml   # DDP
@@ -7,7 +7,7 @@ A sparse 3D U-Net (DisNet = MinkUNet18A, input: point colours on 2 cm voxels) re
 that has one, the ESS-adapted ("indoor-aware") embedding written by ``eval_openseg_pre_train.py``:
     loss = mean over covered voxels of (1 - cos(f_3D(v), e_ESS(v)))        (or L1, ``loss_type: l1``)
 Voxels no view saw get no loss; the network fills them from geometry and colour. Validation scores
-argmax(f_3D(v) @ T^T) per point against GT through ``util.inference.predict_split``, the very code
+argmax(f_3D(v) @ T^T) per point against GT through ``pipeline.inference.predict_split``, the very code
 ``evaluate.py`` runs. ``best.pth`` (by val mIoU) and ``last.pth`` go to ``save_path``;
 ``resume <save_path>/last.pth`` continues exactly (the data order and the augmentations of an epoch
 depend only on (manual_seed, epoch, rank)). A fresh run into a folder that holds checkpoints is refused
@@ -31,14 +31,15 @@ from util.checkpoint import load_checkpoint, repair_best, save_best_and_last, un
 from pipeline.keys import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, network_keys, one_of, run_keys,
                            text_keys, workers_key)
 from util.config import Key, Schema, load_config
-from util.inference import build_disnet, eval_dataset, forward_voxels, predict_split
+from pipeline.networks import build_disnet
+from pipeline.inference import eval_dataset, forward_voxels, predict_split
 from util.io import atomic_write_text
-from util.losses import distillation_loss
-from util.metric import evaluate_confusion, format_table, per_class_scalars
+from pipeline.losses import distillation_loss
+from pipeline.metric import evaluate_confusion, format_table, per_class_scalars
 from util.misc import AverageMeter, batch_scene_names, Timer, format_eta, set_seed
 from util.run_folder import RunFolder
 from util.tensorboard import close_writer, create_writer, log_scalars
-from util.text_embeddings import text_embeddings_from_config
+from pipeline.text_embeddings import text_embeddings_from_config
 
 
 SCHEMA = Schema('ESG: distil the ESS embeddings into a 3D sparse U-Net', [

@@ -1,4 +1,4 @@
-"""ESS, Embeddings Specialization Stage (paper §3.3, SPEC §2.2): train the embedding adapter.
+"""ESS, Embeddings Specialization Stage (paper §3.3; docs/method.md): train the embedding adapter.
 
     python train_openseg_pre_train.py --config config/scannet/openseg_pre_train.yaml [key value ...]
 
@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 
 from dataset.ess_loader import ESSPointDataset, ESSSceneDataset, EpochShuffleSampler, collate_scene
 from dataset.label_constants import dataset_info
-from models.adapter import build_adapter
-from util import metric
+from pipeline.networks import build_adapter
+from pipeline import metric
 from util.checkpoint import load_checkpoint, repair_best, save_best_and_last
 from pipeline.keys import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, run_keys, text_keys,
                            workers_key)
@@ -32,7 +32,7 @@ from util.misc import AverageMeter, Timer, batch_scene_names, format_eta, get_de
 from util.progress import progress
 from util.run_folder import RunFolder
 from util.tensorboard import close_writer, create_writer, log_scalars
-from util.text_embeddings import text_embeddings_from_config
+from pipeline.text_embeddings import text_embeddings_from_config
 
 CHUNK = 65536  # points per forward pass at validation: bounds memory on 500k-point scenes
 

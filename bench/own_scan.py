@@ -18,9 +18,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset.formats import load_scene_3d  # noqa: E402
+from dataset.formats import load_scene_3d
 
 
 def write_scanner_ply(scene_path, points, path, seed=0):
@@ -33,7 +32,7 @@ def write_scanner_ply(scene_path, points, path, seed=0):
         source = rng.integers(0, len(scene.coords), points)
         # jitter by half the scene's sampling step: the copies spread over the surface instead of piling up on
         # the original samples (a real dense scan is uniform), and the surfaces get the ~1 cm noise of a phone scan
-        from util.visualize import point_spacing
+        from pipeline.visualize import point_spacing
         sigma = 0.5 * point_spacing(scene.coords)
     xyz = scene.coords[source] + rng.normal(0, sigma, (points, 3)).astype(np.float32)
     rgb = np.clip(np.rint((scene.colors[source] + 1) * 127.5), 0, 255).astype(np.uint8)

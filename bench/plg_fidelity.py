@@ -16,20 +16,18 @@ wrong) under
 import argparse
 import os
 import platform
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dataset.dense_room import dense_room  # noqa: E402
-from dataset.label_constants import dataset_info  # noqa: E402
-from dataset.point_loader import Point3DLoader  # noqa: E402
-from dataset.voxelizer import Voxelizer, sparse_quantize  # noqa: E402
-from util.metric import evaluate  # noqa: E402
-from vlm_ps_generation.generation_vlm import plg_scene  # noqa: E402
-from vlm_ps_generation.pseudo_labels import MASKED_SCORE, scene_label_mask  # noqa: E402
+from dataset.dense_room import dense_room
+from dataset.label_constants import dataset_info
+from dataset.point_loader import Point3DLoader
+from dataset.voxelizer import Voxelizer, sparse_quantize
+from pipeline.metric import evaluate
+from vlm_ps_generation.generation_vlm import plg_scene
+from pipeline.pseudo_labels import MASKED_SCORE, scene_label_mask
 
 INFO = dataset_info('scannet')
 

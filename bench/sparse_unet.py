@@ -31,7 +31,7 @@ import torch
 import models.sparse as ME
 from models.disnet import DisNet
 from models.sparse import dispatch, kmap, settings
-from util.losses import cosine_distance
+from pipeline.losses import cosine_distance
 
 VOXELS_PER_SCENE = 185_000  # a ScanNet scene at 2 cm has about this many occupied voxels
 

@@ -13,18 +13,16 @@ product (the weight gradient runs over the pairs and wastes nothing), and the st
 """
 import argparse
 import collections
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, __file__.rsplit('/', 2)[0])
-from bench.sparse_unet import VOXELS_PER_SCENE, make_batch  # noqa: E402
-import models.sparse as ME  # noqa: E402
-from models.disnet import DisNet  # noqa: E402
-from models.sparse import dispatch, settings  # noqa: E402
-from models.sparse.reference import reference_sparse_conv  # noqa: E402
-from models.sparse.triton.plan import mask_order, neighbour_table, tile_occupancy  # noqa: E402
+from sparse_unet import VOXELS_PER_SCENE, make_batch
+import models.sparse as ME
+from models.disnet import DisNet
+from models.sparse import dispatch, settings
+from models.sparse.reference import reference_sparse_conv
+from models.sparse.triton.plan import mask_order, neighbour_table, tile_occupancy
 
 
 def record_layers(coords, feats):

@@ -154,20 +154,6 @@ def _as_numpy(x, path, what):
 
 
 # ----------------------------------------------------------------------------- fused features
-# Embedding width of each 2D feature extractor: OpenSeg 768 (CLIP ViT-L/14@336px's text space), LSeg and
-# CLIP ViT-B 512. Upstream matches by substring ('lseg' in args.feature_2d_extractor), so 'lseg_xyz' works.
-FEATURE_DIMS = {'openseg': 768, 'lseg': 512, 'clip': 512}
-
-
-def feature_dim(feature_2d_extractor):
-    """Feature / text-embedding dimension of a ``feature_2d_extractor`` config value."""
-    for name, dim in FEATURE_DIMS.items():
-        if name in str(feature_2d_extractor).lower():
-            return dim
-    raise ValueError(f"unknown feature_2d_extractor '{feature_2d_extractor}': expected a name containing one of "
-                     f"{sorted(FEATURE_DIMS)}")
-
-
 _NUMBERED = re.compile(r'(.+)_(0|[1-9][0-9]*)')  # <stem>_<k>, k without leading zeros as OpenScene writes it
 _FEATURE_INDEX = {}
 
@@ -319,7 +305,7 @@ def _load_npy(path, what, hint):
 # ----------------------------------------------------------------------------- text embeddings
 def load_text_embeddings(path, num_classes: Optional[int] = None, feat_dim: Optional[int] = None):
     """Read a [C, D] text-embedding file (rows L2-normalised on load) as float32 numpy."""
-    emb = _load_npy(path, 'text embeddings', 'compute them with util/text_embeddings.py or give text_embeddings_path')
+    emb = _load_npy(path, 'text embeddings', 'compute them with pipeline/text_embeddings.py or give text_embeddings_path')
     if emb.ndim != 2:
         raise FormatError(f"text embeddings '{path}': expected shape [C, D], found {list(emb.shape)}")
     if num_classes is not None and emb.shape[0] != num_classes:

@@ -1,4 +1,4 @@
-"""Dataset of voxelised 3D scenes as OpenScene's ``Point3DLoader`` (SPEC §2, §3).
+"""Dataset of voxelised 3D scenes as OpenScene's ``Point3DLoader``.
 
 Each item: read ``<root>/<split>/<scene>.pth`` (via ``dataset.formats``), colours [-1, 1] -> 0-255,
 optional elastic distortion, voxelisation with random rotation / scale (always on, as upstream:

@@ -165,7 +165,7 @@ def _colors_01(raw, path, spelling):
 
 
 class ScanLoader(Point3DLoader):
-    """The evaluation loader (``util.inference.eval_dataset``: ``Point3DLoader(eval_all=True, aug=False)``) over
+    """The evaluation loader (``pipeline.inference.eval_dataset``: ``Point3DLoader(eval_all=True, aug=False)``) over
     arbitrary scan files instead of ``<data_root>/<split>``: the same voxeliser and its test-time rotation /
     scale, so a scan is predicted exactly as a scene of the data set would be. Module level, so DataLoader
     workers can pickle it."""

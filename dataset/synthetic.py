@@ -39,8 +39,8 @@ from scipy.spatial import cKDTree
 from dataset.formats import (load_fused_features, load_scene_3d, load_text_embeddings, save_fused_features,
                              save_scene_3d, save_text_embeddings)
 from dataset.label_constants import IGNORE_LABEL, DatasetInfo, dataset_info
-from util.metric import evaluate
-from vlm_ps_generation.pseudo_labels import pseudo_labels_from_features, scene_label_mask
+from pipeline.metric import evaluate
+from pipeline.pseudo_labels import pseudo_labels_from_features, scene_label_mask
 
 # ----------------------------------------------------------------------------- constants
 # ScanNet's colour camera: 577.87 px focal length at 640x480 -> 58 x 45 degree field of view (SPEC §4b).
@@ -1046,7 +1046,7 @@ def make_scene(info: DatasetInfo, text_embeddings, room_type, name, index, seed=
     clean_coords, primitive_index, visibility bool [V,N], feat f32 [M,D], mask_full bool [N]).
 
     features: 'simulated' (the formula on the analytic visibility, fast) or 'rendered' (depth / feature
-    images ray-cast from the fusion cameras and fused by dataset/fusion.py; dataset/synthetic_render.py).
+    images ray-cast from the fusion cameras and fused by prep/fusion.py; dataset/synthetic_render.py).
     """
     if features not in ('simulated', 'rendered'):
         raise ValueError(f"features must be 'simulated' or 'rendered', found {features!r}")
@@ -1077,7 +1077,7 @@ def make_scene(info: DatasetInfo, text_embeddings, room_type, name, index, seed=
         feat, mask = simulate_fused_features(rng, room, clean, prim_feature[prim_idx], visibility, text_embeddings,
                                              params)
     else:
-        from dataset.synthetic_render import rendered_fused_features  # runs dataset/fusion.py
+        from dataset.synthetic_render import rendered_fused_features  # runs prep/fusion.py
         feat, mask, timing = rendered_fused_features(rng, room, coords, text_embeddings, params)
     return dict(timing=timing, room=room, coords=coords.astype(np.float32), colors=(colors * 2 - 1).astype(np.float32),
                 labels=labels, clean_coords=clean, primitive_index=prim_idx, visibility=visibility,
@@ -1168,7 +1168,7 @@ def get_parser():
     p.add_argument('--overwrite', action='store_true', help='regenerate existing files')
     p.add_argument('--features', default='simulated', choices=['simulated', 'rendered'],
                    help="fused features: 'simulated' (formula on analytic visibility, fast) or 'rendered' "
-                        "(ray-cast RGB-D + 2D feature frames fused by dataset/fusion.py)")
+                        "(ray-cast RGB-D + 2D feature frames fused by prep/fusion.py)")
     p.add_argument('--verbose', action='store_true', help='one line per scene')
     return p
 

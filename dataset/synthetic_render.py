@@ -2,7 +2,7 @@
 
 ``dataset/synthetic.py`` simulates fused features directly. This module instead produces what a real
 pipeline starts from: per camera a depth image (metres, z-depth), a colour image, a label image and a 2D
-feature map from a simulated 2D vision-language model, and then runs ``dataset.fusion.fuse_features``
+feature map from a simulated 2D vision-language model, and then runs ``prep.fusion.fuse_features``
 (OpenScene's projection + 25 % relative depth test + mean over views) to get ``<scene>_0.pt``. Rendering is
 analytic ray casting of the room's boxes and cylinders (``synthetic.ray_cast``), vectorised over pixels.
 
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dataset.fusion import FrameData, fuse_features, scannet_intrinsic
+from prep.frames import FrameData, scannet_intrinsic
+from prep.fusion import fuse_features
 from dataset.label_constants import IGNORE_LABEL, dataset_info
 from dataset.synthetic import (CAMERA_MAX_DEPTH, CAMERA_MIN_DEPTH, RENDERED_FEATURE_PARAMS, FeatureParams, Room,
                                confused_as, ray_cast)
@@ -149,7 +150,7 @@ def render_frames(room: Room, views: Optional[Sequence[int]] = None, image_hw=IM
 
 def rendered_fused_features(rng, room: Room, points, text_embeddings, params: FeatureParams = RENDERED_FEATURE_PARAMS,
                             image_hw=IMAGE_HW, feature_hw=FEATURE_HW, device='cpu'):
-    """Render the fusion cameras, simulate the 2D model per frame and fuse with ``dataset.fusion``.
+    """Render the fusion cameras, simulate the 2D model per frame and fuse with ``prep.fusion``.
 
     points [N,3]: the scene's (noisy) point coordinates, as fusion reads them from the .pth.
     Returns (feat float32 [M,D], mask_full bool [N], seconds dict(render, fuse)).

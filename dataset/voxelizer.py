@@ -1,4 +1,4 @@
-"""Voxelisation of point clouds (SPEC §2): ``sparse_quantize`` and OpenScene's ``Voxelizer``.
+"""Voxelisation of point clouds: ``sparse_quantize`` and OpenScene's ``Voxelizer``.
 
 OpenScene (after BPNet) voxelises every scene on the CPU before it reaches the sparse 3D network:
 points are (optionally) rotated / scaled, divided by the voxel size, floored, shifted so the

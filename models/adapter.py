@@ -16,7 +16,6 @@ the state_dict (upstream keeps them outside the module state too), so an upstrea
 import torch
 import torch.nn as nn
 
-from dataset.formats import feature_dim
 
 
 class EmbeddingAdapter(nn.Module):
@@ -60,12 +59,3 @@ class EmbeddingAdapter(nn.Module):
 
     def forward(self, x):
         return self.classify(self.adapt(x))
-
-
-def build_adapter(cfg, text_embeddings):
-    """The adapter of a config: ``feature_2d_extractor``, ``adapter_reduction``, ``adapter_alpha``.
-
-    The feature dimension is that of the extractor; the text embeddings must have it too.
-    """
-    return EmbeddingAdapter(text_embeddings, feat_dim=feature_dim(cfg.feature_2d_extractor),
-                            reduction=int(cfg.adapter_reduction), alpha=float(cfg.adapter_alpha))

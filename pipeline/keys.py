@@ -40,7 +40,7 @@ def _labelset(v):
 
 
 def _extractor(v):
-    from dataset.formats import FEATURE_DIMS
+    from dataset.label_constants import FEATURE_DIMS
     return any(name in v.lower() for name in FEATURE_DIMS)
 
 

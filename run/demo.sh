@@ -11,7 +11,7 @@ export PYTHONPATH=.
 export HF_HUB_OFFLINE=1          # the demo never reaches a model hub: text embeddings come from a file
 PYTHON=${PYTHON:-python}
 # rendered (default): RGB-D and 2D feature frames ray-cast from the synthetic rooms and fused by
-# dataset/fusion.py, the real fusion code path (about 40 s); simulated: the SPEC formula on analytic
+# prep/fusion.py, the real fusion code path (about 40 s); simulated: the analytic formula on
 # visibility (about 12 s)
 DEMO_FEATURES=${DEMO_FEATURES:-rendered}
 

@@ -1,4 +1,4 @@
-"""The demo's one table: does every stage add mIoU on val (SPEC §2: PLG < ESS-adapted labels < ESG network)?
+"""The demo's one table: does every stage add mIoU on val (PLG < ESS-adapted labels < ESG network, docs/method.md)?
 
     python run/demo_summary.py --exp exp/demo --timings exp/demo/demo_timings.tsv
 
@@ -12,14 +12,12 @@ Two mIoU columns: 'covered' is upstream's metric (a point without 2D feature is 
 import argparse
 import json
 import os
-import sys
 
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset.formats import fused_feature_files, list_scenes, load_scene_fused_features, scene_name  # noqa: E402
-from util.config import resolve_config  # noqa: E402
-from util.visualize import learning_curve_png  # noqa: E402
+from dataset.formats import fused_feature_files, list_scenes, load_scene_fused_features, scene_name
+from util.config import resolve_config
+from pipeline.visualize import learning_curve_png
 
 PLG_ROW = 'raw fused, scene-label mask (PLG formula per point)'
 ESS_ROWS = ('ESS adapted, scene-label mask (adapted pseudo labels)', 'ESS adapted, argmax')
@@ -49,7 +47,7 @@ def main():
 
     ess = read_json(os.path.join(args.exp, 'ess', 'ess_eval_metrics.json'), 'ESS inference')
     esg = read_json(os.path.join(args.exp, 'esg', 'result_eval', 'eval_summary.json'), 'evaluate')
-    import evaluate  # noqa: E402  (its schema resolves the eval config)
+    import evaluate  (its schema resolves the eval config)
     cfg = resolve_config(evaluate.SCHEMA, args.eval_config)
     split = esg['split']
     if split not in ess:

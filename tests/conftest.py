@@ -1,5 +1,4 @@
 import os
-import sys
 
 import pytest
 import torch
@@ -11,7 +10,6 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 # open_clip already does: so it is set here, before any test module is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture
@@ -22,3 +20,13 @@ def kernel_map_builds(monkeypatch):
     build = kmap.build_kernel_map
     monkeypatch.setattr(kmap, 'build_kernel_map', lambda *args: calls.append(args) or build(*args))
     return calls
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a GPU: skipped, saying so, on a machine without one."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA GPU (marker cuda)')
+    for item in items:
+        if 'cuda' in item.keywords:
+            item.add_marker(skip)

@@ -5,7 +5,8 @@ import os
 import pytest
 import torch
 
-from models.adapter import EmbeddingAdapter, build_adapter
+from models.adapter import EmbeddingAdapter
+from pipeline.networks import build_adapter
 from util.checkpoint import load_checkpoint, save_best_and_last, save_checkpoint
 from util.config import CfgNode
 from util.tensorboard import close_writer, create_writer, log_scalars

@@ -166,7 +166,7 @@ def test_help_lists_the_keys_of_each_stage_and_an_example_of_that_stage(script):
     module = script[:-3].replace('/', '.')
     schema = __import__(module, fromlist=['SCHEMA']).SCHEMA
     for dataset in ('scannet', 's3dis', 'demo'):
-        path = os.path.join(ROOT, config.replace('scannet', dataset))
+        path = os.path.join(ROOT, config.replace('scannet', dataset))  # the repository's own configs
         from util.config import load_yaml
         values, _ = load_yaml(path)
         assert set(values) <= set(schema.by_name), (path, set(values) - set(schema.by_name))

@@ -13,9 +13,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.test_esg import make_tiny_dataset, train_argv
+from helpers import make_tiny_dataset, train_argv
 from util import distributed as du
 from util.checkpoint import unwrap_model
+
+pytestmark = pytest.mark.slow
 
 
 def _free_port():
@@ -72,7 +74,7 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     # the weights moved away from rank 0's initialisation (identical weights would be trivial otherwise)
     import train_esg
     from util.config import load_config
-    from util.inference import build_disnet
+    from pipeline.networks import build_disnet
     from util.misc import set_seed
     cfg = load_config(argv, train_esg.SCHEMA)
     set_seed(cfg.manual_seed)  # what train() does before building the network

@@ -1,7 +1,7 @@
 """ESG stage (train_esg.py): the loss falls, the lr schedule is upstream's, resume is exact.
 
 Tiny scenes (a floor, a wall and one box, ~1,300 points) and a tiny network (MinkUNet14A, 512-d output)
-keep every run at a few seconds on 2 CPU cores. ``make_tiny_dataset`` is shared with
+keep every run at a few seconds on 2 CPU cores. ``make_tiny_dataset`` (tests/helpers.py) is shared with
 tests/test_evaluate.py and tests/test_distributed.py.
 """
 import math
@@ -12,63 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.formats import save_fused_features, save_scene_3d, save_text_embeddings
+from dataset.formats import save_scene_3d
+from helpers import ESG_TRAIN_CONFIG as TRAIN_CONFIG, make_tiny_dataset, train_argv
 from util.config import load_config
 
-NUM_CLASSES = 20
-FEAT_DIM = 512  # 'lseg' -> DisNet output dim 512 (the smallest the config allows)
-TRAIN_CONFIG = 'config/demo/openseg_train.yaml'
-EVAL_CONFIG = 'config/demo/openseg_eval.yaml'
-
-
-def _scene(rng, box_class):
-    """Floor (class 1), wall (class 0) and a box of ``box_class``; colours follow the class."""
-    g = np.arange(0, 0.6, 0.025)
-    fx, fy = np.meshgrid(g, g)
-    floor = np.stack([fx.ravel(), fy.ravel(), np.zeros(fx.size)], 1)
-    wy, wz = np.meshgrid(g, np.arange(0, 0.4, 0.025))
-    wall = np.stack([np.zeros(wy.size), wy.ravel(), wz.ravel() + 0.01], 1)
-    centre = rng.uniform(0.2, 0.4, 2)
-    box = rng.uniform(-0.1, 0.1, (400, 3)) + np.r_[centre, 0.12]
-    coords = np.concatenate([floor, wall, box]).astype(np.float32)
-    labels = np.concatenate([np.full(len(floor), 1), np.full(len(wall), 0), np.full(len(box), box_class)])
-    base = np.random.default_rng(box_class).uniform(-0.8, 0.8, (NUM_CLASSES, 3))
-    colors = np.clip(base[labels] + rng.normal(0, 0.05, (len(labels), 3)), -1, 1)
-    return coords, colors.astype(np.float32), labels.astype(np.int64)
-
-
-def make_tiny_dataset(root, n_train=4, n_val=2, seed=0):
-    """<root>/3d/{train,val}/*.pth, <root>/feat/<scene>_0.pt (noisy text embedding of the GT class,
-    85 % of points covered), <root>/text.npy. Returns the config overrides that point at them."""
-    rng = np.random.default_rng(seed)
-    text = rng.normal(size=(NUM_CLASSES, FEAT_DIM)).astype(np.float32)
-    text /= np.linalg.norm(text, axis=1, keepdims=True)
-    save_text_embeddings(os.path.join(root, 'text.npy'), text)
-    for split, n in (('train', n_train), ('val', n_val)):
-        for i in range(n):
-            name = f'scene{i + (0 if split == "train" else 100):04d}_00'
-            coords, colors, labels = _scene(rng, box_class=2 + (i % 4))
-            save_scene_3d(os.path.join(root, '3d', split, f'{name}_vh_clean_2.pth'), coords, colors, labels)
-            mask = rng.random(len(labels)) > 0.15
-            feat = text[labels[mask]] + 0.05 * rng.normal(size=(int(mask.sum()), FEAT_DIM))
-            feat /= np.linalg.norm(feat, axis=1, keepdims=True)
-            save_fused_features(os.path.join(root, 'feat', f'{name}_0.pt'), torch.from_numpy(feat), torch.from_numpy(mask))
-    return ['data_root', os.path.join(root, '3d'), 'data_root_2d_fused_feature', os.path.join(root, 'feat'),
-            'text_embeddings_path', os.path.join(root, 'text.npy'), 'feature_2d_extractor', 'lseg',
-            'arch_3d', 'MinkUNet14A', 'device', 'cpu', 'manual_seed', '7',
-            # 2.5 cm: the point spacing of these 0.6 m scenes; coarser voxels would leave a single voxel per
-            # scene at tensor stride 16, which BatchNorm cannot normalise in training mode
-            'voxel_size', '0.025']
-
-
-def train_argv(root, data_overrides, **overrides):
-    opts = dict(save_path=os.path.join(root, 'esg'), esg_targets=os.path.join(root, 'feat'), epochs=2, batch_size=2,
-                loop=1, eval_freq=1, print_freq=1, tensorboard=False, base_lr=1e-4)
-    opts.update(overrides)
-    argv = ['--config', TRAIN_CONFIG] + list(data_overrides)
-    for k, v in opts.items():
-        argv += [k, str(v)]
-    return argv
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope='module')
@@ -92,7 +40,7 @@ def test_learning_rate_reproduces_upstream_quirk(tmp_path):
 
 
 def test_distillation_loss_values():
-    from util.losses import distillation_loss
+    from pipeline.losses import distillation_loss
     a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     b = torch.tensor([[1.0, 0.0], [0.0, -1.0]])
     assert distillation_loss(a, b, 'cosine').item() == pytest.approx((0 + 2) / 2)
@@ -103,7 +51,7 @@ def test_distillation_loss_values():
 
 def test_cosine_distance_equals_upstream_formula_and_its_gradients():
     """The fused cosine distance against upstream's (1 - nn.CosineSimilarity()(o, t)).mean() and gradcheck."""
-    from util.losses import cosine_distance
+    from pipeline.losses import cosine_distance
     g = torch.Generator().manual_seed(0)
     o = torch.randn(50, 16, dtype=torch.float64, generator=g, requires_grad=True)
     t = torch.randn(50, 16, dtype=torch.float64, generator=g, requires_grad=True)

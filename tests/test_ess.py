@@ -10,58 +10,11 @@ import train_openseg_pre_train
 from dataset import formats
 from dataset.ess_loader import ESSPointDataset, EpochShuffleSampler
 from dataset.label_constants import dataset_info
-from models.adapter import build_adapter
+from pipeline.networks import build_adapter
 from util.checkpoint import load_checkpoint, save_checkpoint
 from util.config import load_config
-from vlm_ps_generation.pseudo_labels import pseudo_labels_from_features, scene_label_mask
-
-D, N = 768, 300
-CLASSES = (0, 1, 4, 6, 12)  # wall, floor, chair, table, desk
-TRAIN_CFG, EVAL_CFG = 'config/demo/openseg_pre_train.yaml', 'config/demo/openseg_pre_eval.yaml'
-
-
-def make_data(root, n_train=4, n_val=2, seed=0):
-    """Scenes of N points, 80 % covered; features = text embedding of the class + noise, desk pulled
-    toward table (a systematic confusion); pseudo labels by the PLG rule, uncovered -> unlabeled."""
-    rng = np.random.default_rng(seed)
-    info = dataset_info('scannet')
-    text = rng.normal(size=(info.num_classes, D))
-    text /= np.linalg.norm(text, axis=1, keepdims=True)
-    formats.save_text_embeddings(os.path.join(root, 'text.npy'), text)
-    index = 0
-    for split, count in (('train', n_train), ('val', n_val)):
-        for _ in range(count):
-            scene = f'scene{index:04d}_00'
-            index += 1
-            labels = rng.choice(CLASSES, N)
-            labels[:5] = 255  # a few unannotated points
-            formats.save_scene_3d(os.path.join(root, '3d', split, scene + '_vh_clean_2.pth'),
-                                  rng.uniform(0, 3, (N, 3)), rng.uniform(-1, 1, (N, 3)), labels)
-            cls = np.where(labels == 255, 0, labels)
-            feat = text[cls] + 0.08 * rng.normal(size=(N, D))
-            feat[cls == 12] = 0.5 * text[12] + 0.5 * text[6] + 0.08 * rng.normal(size=((cls == 12).sum(), D))
-            mask = rng.uniform(size=N) < 0.8
-            formats.save_fused_features(os.path.join(root, 'feat', scene + '_0.pt'),
-                                        torch.from_numpy(feat[mask]), torch.from_numpy(mask))
-            if split == 'train':
-                pseudo = np.full(N, info.unlabeled_index, np.int64)
-                conf = np.zeros(N, np.float32)
-                pseudo[mask], conf[mask] = pseudo_labels_from_features(
-                    torch.from_numpy(feat[mask]).half(), text, scene_label_mask(labels, info.num_classes))
-                formats.save_pseudo_labels(os.path.join(root, 'plg'), scene, pseudo, conf)
-    return text
-
-
-def data_overrides(root):
-    return ['data_root', f'{root}/3d', 'data_root_2d_fused_feature', f'{root}/feat',
-            'text_embeddings_path', f'{root}/text.npy', 'device', 'cpu', 'workers', '0']
-
-
-def train(root, save, epochs, resume=''):
-    argv = ['--config', TRAIN_CFG, *data_overrides(root), 'pseudo_label_path', f'{root}/plg', 'save_path', save,
-            'num_points', '200', 'batch_size', '2', 'epochs', str(epochs), 'step_epoch', '2', 'resume', resume,
-            'tensorboard', 'False', 'manual_seed', '7', 'eval_freq', '1']
-    return train_openseg_pre_train.main(argv)
+from helpers import ESS_DIM as D, ESS_EVAL_CONFIG as EVAL_CFG, ESS_POINTS as N, ESS_TRAIN_CONFIG as TRAIN_CFG
+from helpers import ess_overrides as data_overrides, make_ess_data as make_data, train_ess as train
 
 
 @pytest.fixture(scope='module')

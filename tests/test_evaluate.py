@@ -1,5 +1,5 @@
 """evaluate.py: repeatable, every point predicted, DDP checkpoints load, and it agrees with the
-validation inside train_esg.py on the same checkpoint (one prediction path, util/inference.py)."""
+validation inside train_esg.py on the same checkpoint (one prediction path, pipeline/inference.py)."""
 import json
 import os
 
@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from dataset.formats import list_scenes, load_scene_3d, scene_name
-from tests.test_esg import EVAL_CONFIG, NUM_CLASSES, make_tiny_dataset, train_argv
-from util.metric import evaluate as metric_evaluate
+from helpers import EVAL_CONFIG, NUM_CLASSES, make_tiny_dataset, train_argv
+from pipeline.metric import evaluate as metric_evaluate
+
+pytestmark = pytest.mark.slow
 
 
 def eval_argv(root, data, out, **overrides):
@@ -88,7 +90,7 @@ def test_checkpoint_with_module_prefix_loads(trained):
 
 def test_ensemble_prefers_the_more_confident_feature():
     """OpenScene's 2D-3D ensemble: per point the feature with the higher best text similarity wins."""
-    from util.inference import point_logits
+    from pipeline.inference import point_logits
     text = torch.eye(3)
     voxel = torch.tensor([[0.9, 0.8, 0.0], [0.0, 1.0, 0.0]])     # voxel 0 unsure, voxel 1 sure of class 1
     inverse = torch.tensor([0, 1])

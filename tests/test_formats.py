@@ -1,4 +1,4 @@
-"""OpenScene file formats (SPEC §3) and the safe loader: exact round trips and clear errors."""
+"""OpenScene file formats (docs/formats.md) and the safe loader: exact round trips and clear errors."""
 import os
 import zipfile
 

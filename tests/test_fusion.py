@@ -1,4 +1,4 @@
-"""Multi-view fusion (SPEC §4b) and 2D feature sources: exact projections, visibility, means, file output."""
+"""Multi-view fusion and 2D feature sources: exact projections, visibility, means, file output."""
 import os
 
 import numpy as np
@@ -8,9 +8,9 @@ import torch
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 from dataset import formats  # noqa: E402
-from dataset.feature_sources import OpenClipDenseFeatureSource, PrecomputedFeatureSource  # noqa: E402
-from dataset.fusion import (FrameData, compute_mapping, fuse_features, main as fusion_main,  # noqa: E402
-                            project_points, save_scene_features, scannet_intrinsic)
+from prep.feature_sources import OpenClipDenseFeatureSource, PrecomputedFeatureSource  # noqa: E402
+from prep.frames import FrameData, project_points, scannet_intrinsic  # noqa: E402
+from prep.fusion import compute_mapping, fuse_features, main as fusion_main, save_scene_features  # noqa: E402
 
 H, W = 40, 60
 K = np.array([[50.0, 0, 30.0], [0, 50.0, 20.0], [0, 0, 1]])
@@ -191,7 +191,7 @@ def test_frames_without_points_are_not_featurised_and_bad_poses_skipped():
     assert feat.shape == (0, 3) and not mask.any()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.cuda
 def test_cuda_matches_cpu():
     pose = camera_pose()
     rng = np.random.default_rng(2)

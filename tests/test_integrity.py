@@ -17,11 +17,7 @@ import torch
 import eval_openseg_pre_train
 import train_openseg_pre_train
 from dataset import formats
-from tests.test_ess import data_overrides as ess_overrides
-from tests.test_ess import make_data as make_ess_data
-from tests.test_ess import train as train_ess
-from tests.test_plg import args_for as plg_args
-from tests.test_plg import make_dataset as make_plg_data
+from helpers import config, ess_overrides, make_ess_data, make_plg_data, plg_args, train_ess
 from util import io as uio
 from util.checkpoint import load_checkpoint
 from util.config import ConfigError, load_config
@@ -30,7 +26,7 @@ from util.run_folder import ExistingResultsError, FolderLockedError, RunFolder
 from vlm_ps_generation import generation_vlm as gv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ESS_EVAL_CFG = 'config/demo/openseg_pre_eval.yaml'
+ESS_EVAL_CFG = config('config/demo/openseg_pre_eval.yaml')
 
 
 # ----------------------------------------------------------------------------- 1. results never destroyed or mixed
@@ -62,20 +58,19 @@ def test_fresh_run_into_a_used_folder_is_refused(ess_data, tmp_path):
 
 
 def _ess_train_argv(root, save, epochs):
-    return ['--config', 'config/demo/openseg_pre_train.yaml', *ess_overrides(root), 'pseudo_label_path', f'{root}/plg',
+    return ['--config', config('config/demo/openseg_pre_train.yaml'), *ess_overrides(root), 'pseudo_label_path', f'{root}/plg',
             'save_path', save, 'num_points', '200', 'batch_size', '2', 'epochs', str(epochs), 'tensorboard', 'False',
             'manual_seed', '7', 'eval_freq', '1']
 
 
 def _adapter(root):
-    from models.adapter import build_adapter
+    from pipeline.networks import build_adapter
     cfg = load_config(_ess_train_argv(root, root, 1)[:-2] + ['save_path', root], train_openseg_pre_train.SCHEMA)
     return build_adapter(cfg, torch.from_numpy(np.load(f'{root}/text.npy')))
 
 
 HOLD_LOCK = textwrap.dedent('''
-    import sys, time
-    sys.path.insert(0, {root!r})
+    import time
     from util.run_folder import RunFolder
     folder = RunFolder({path!r}, 'holder').acquire()
     print('locked', flush=True)
@@ -84,7 +79,7 @@ HOLD_LOCK = textwrap.dedent('''
 
 
 def _hold_lock(path):
-    proc = subprocess.Popen([sys.executable, '-c', HOLD_LOCK.format(root=ROOT, path=str(path))],
+    proc = subprocess.Popen([sys.executable, '-c', HOLD_LOCK.format(path=str(path))],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == 'locked'
     return proc
@@ -349,7 +344,7 @@ def test_esg_skips_a_batch_it_cannot_train_on_and_names_the_scenes():
 
 def test_esg_training_goes_on_past_a_one_point_scene_and_an_uncovered_scene(tmp_path):
     import train_esg
-    from tests.test_esg import make_tiny_dataset, train_argv
+    from helpers import make_tiny_dataset, train_argv
     root = str(tmp_path)
     data = make_tiny_dataset(root, n_train=3, n_val=1)
     scenes = sorted(os.listdir(os.path.join(root, '3d', 'train')))
@@ -383,7 +378,7 @@ def _schema_of(config):
             'openseg_eval': evaluate.SCHEMA}[os.path.basename(config)[:-5]]
 
 
-@pytest.mark.parametrize('config, key, value, message', [
+@pytest.mark.parametrize('path, key, value, message', [
     ('config/demo/openseg_train.yaml', 'base_lr', 'None', "'base_lr' cannot be None: give a float"),
     ('config/demo/openseg_train.yaml', 'save_path', 'null', r"'save_path' cannot be None: give a str \('' for none\)"),
     ('config/demo/openseg_train.yaml', 'eval_freq', '0', "'eval_freq' must be a positive integer, found 0"),
@@ -394,9 +389,9 @@ def _schema_of(config):
     ('config/demo/openseg_eval.yaml', 'amp', 'fp32', "'amp' must be one of off, bf16, fp16"),
     ('config/demo/openseg_train.yaml', 'TRAINING.epochs', '3', "'epochs' is in section 'ESG', not 'TRAINING'"),
 ])
-def test_config_values_that_make_no_sense_are_rejected_at_load(config, key, value, message):
+def test_config_values_that_make_no_sense_are_rejected_at_load(path, key, value, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(['--config', config, key, value], _schema_of(config))
+        load_config(['--config', config(path), key, value], _schema_of(path))
 
 
 def test_nonsense_in_the_yaml_file_itself_is_rejected(tmp_path):

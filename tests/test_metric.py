@@ -1,8 +1,8 @@
-"""util/metric.py against a brute-force per-class loop with upstream's (OpenScene's) rules."""
+"""pipeline/metric.py against a brute-force per-class loop with upstream's (OpenScene's) rules."""
 import numpy as np
 import pytest
 
-from util.metric import confusion_matrix, evaluate, evaluate_confusion, format_table
+from pipeline.metric import confusion_matrix, evaluate, evaluate_confusion, format_table
 
 C = 6
 NAMES = [f'c{i}' for i in range(C)]

@@ -8,7 +8,7 @@ import torch
 import models.sparse as ME
 from models.disnet import DisNet
 from models.mink_unet import mink_unet
-from util.inference import build_disnet
+from pipeline.networks import build_disnet
 
 
 def _bn(prefix, c):

@@ -12,10 +12,8 @@ from dataset import formats
 from dataset.dense_room import dense_room, openscene_subsets
 from dataset.ess_loader import ESSPointDataset, ESSSceneDataset
 from dataset.voxelizer import sparse_quantize
-from tests.test_ess import data_overrides as ess_overrides
-from tests.test_ess import make_data as make_ess_data
-from tests.test_ess import train as train_ess
-from util.text_embeddings import PROMPT_TEMPLATES, apply_template
+from helpers import config, ess_overrides, make_ess_data, train_ess
+from pipeline.text_embeddings import PROMPT_TEMPLATES, apply_template
 from vlm_ps_generation import generation_vlm as gv
 
 SCENE = 'scene0000_00'
@@ -40,7 +38,7 @@ def _plg(tmp_path, room, feat_root, out, *extra):
     if not data.exists():
         formats.save_scene_3d(data / f'{SCENE}_vh_clean_2.pth', coords, colors, labels)
         np.save(tmp_path / 'text.npy', text)
-    argv = ['--config', 'vlm_ps_generation/config/demo.yaml', 'data_root', str(tmp_path / 'data_3d'),
+    argv = ['--config', config('vlm_ps_generation/config/demo.yaml'), 'data_root', str(tmp_path / 'data_3d'),
             'data_root_2d_fused_feature', str(feat_root), 'text_embeddings_path', str(tmp_path / 'text.npy'),
             'save_folder', str(out), *extra]
     summary = gv.main(argv)
@@ -106,7 +104,7 @@ def test_ess_trains_and_adapts_the_union_and_writes_files_openscene_reads(tmp_pa
     assert np.array_equal(scenes[0]['mask_full'].numpy(), unions[scenes.scenes[0]])
     save, out = f'{root}/ess', f'{root}/emb'
     train_ess(root, save, epochs=1)
-    eval_openseg_pre_train.main(['--config', 'config/demo/openseg_pre_eval.yaml', *ess_overrides(root),
+    eval_openseg_pre_train.main(['--config', config('config/demo/openseg_pre_eval.yaml'), *ess_overrides(root),
                                  'save_path', save, 'ess_embedding_path', out])
     for scene, union in unions.items():
         feat, mask = openscene_fused_feature_loader(os.path.join(out, f'{scene}_0.pt'), split='val')

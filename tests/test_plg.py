@@ -11,6 +11,7 @@ import torch
 
 from dataset import formats
 from dataset.label_constants import dataset_info
+from helpers import make_plg_data as make_dataset, plg_args as args_for
 from vlm_ps_generation import generation_vlm as gv
 
 INFO = dataset_info('scannet')
@@ -110,38 +111,6 @@ def test_scene_label_file(tmp_path):
         gv.load_scene_label_file(str(path), INFO.labels, INFO.text_labels)
     with pytest.raises(FileNotFoundError, match='nope.json'):
         gv.load_scene_label_file(str(tmp_path / 'nope.json'), INFO.labels)
-
-
-def make_dataset(root, n_scenes=3, n=400, d=768, seed=0):
-    """Tiny scenes: points of class k lie in their own region and their 2D feature is near text row k."""
-    rng = np.random.default_rng(seed)
-    text = rng.normal(size=(C, d)).astype(np.float32)
-    text /= np.linalg.norm(text, axis=1, keepdims=True)
-    np.save(root / 'text.npy', text)
-    os.makedirs(root / 'data_3d' / 'train'); os.makedirs(root / 'feat')
-    for s in range(n_scenes):
-        scene = f'scene{s:04d}_00'
-        gt = rng.choice([1, 4, 7], size=n)
-        coords = rng.uniform(0, 1, size=(n, 3)).astype(np.float32)
-        coords[:, 0] += gt * 2.0
-        mask = rng.random(n) < 0.9
-        feat = text[gt[mask]] * 20 + rng.normal(size=(mask.sum(), d)).astype(np.float32) * 0.01
-        formats.save_scene_3d(root / 'data_3d' / 'train' / f'{scene}_vh_clean_2.pth', coords,
-                              np.zeros_like(coords), gt)
-        # two files, as OpenScene's release splits a scene: random subsets of the covered points that overlap
-        full = np.zeros((n, d), np.float32)
-        full[mask] = feat
-        for k in range(2):
-            part = mask & (rng.random(n) < 0.7)
-            formats.save_fused_features(root / 'feat' / f'{scene}_{k}.pt', torch.from_numpy(full[part]),
-                                        torch.from_numpy(part))
-    return text
-
-
-def args_for(root, out, *extra):
-    return ['--config', os.path.join(ROOT, 'vlm_ps_generation/config/demo.yaml'),
-            'data_root', str(root / 'data_3d'), 'data_root_2d_fused_feature', str(root / 'feat'),
-            'text_embeddings_path', str(root / 'text.npy'), 'save_folder', str(out), *extra]
 
 
 def test_script_end_to_end_and_skip(tmp_path, capsys):

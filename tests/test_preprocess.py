@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from dataset import formats
-from dataset.fusion import fuse_features, resize_intrinsic, scannet_intrinsic
+from prep.frames import resize_intrinsic, scannet_intrinsic
+from prep.fusion import fuse_features
 from dataset.label_constants import S3DIS_LABELS_13, SCANNET_LABELS_20
-from dataset.preprocess import resize_nearest, s3dis, scannet
+from prep import s3dis, scannet
+from prep.frames import resize_nearest
 
 
 # ----------------------------------------------------------------------------- ScanNet 3D
@@ -92,7 +94,7 @@ def test_scannet_label_map_reads_the_real_columns_and_checks_them(tmp_path):
 
 # ----------------------------------------------------------------------------- .sens
 def write_sens(path, colors, depths_mm, poses, K_color, K_depth, depth_shift=1000.0):
-    """Writer following ScanNet's SensorData v4 layout (see dataset/preprocess/scannet.py)."""
+    """Writer following ScanNet's SensorData v4 layout (see prep/scannet.py)."""
     from PIL import Image
     with open(path, 'wb') as f:
         name = b'StructureSensor'

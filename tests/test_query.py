@@ -1,5 +1,5 @@
 """query.py on a network trained here (a few seconds on the tiny rooms of tests/test_esg.py): class queries
-find their class, ``labels`` = the class names reproduces evaluate.py, the score is what util/query.py says it
+find their class, ``labels`` = the class names reproduces evaluate.py, the score is what pipeline/query.py says it
 is, free text goes through open_clip, own scans (PLY, mesh PLY, .pth) and large ones (tiles) go through."""
 import json
 import os
@@ -11,8 +11,10 @@ from plyfile import PlyData, PlyElement
 
 from dataset.formats import list_scenes, load_fused_features, load_scene_3d, save_scene_3d, scene_name
 from dataset.label_constants import dataset_info
-from tests.test_esg import EVAL_CONFIG, make_tiny_dataset, train_argv
+from helpers import EVAL_CONFIG, make_tiny_dataset, train_argv
 from util.config import load_config
+
+pytestmark = pytest.mark.slow
 
 NAMES = dataset_info('scannet').labels
 
@@ -97,7 +99,7 @@ def test_score_is_the_mean_cosine_over_voxelisations(trained):
     similarity to the class's text embedding, averaged over the repeats."""
     import query
     from evaluate import build_model
-    from util.inference import eval_dataset, forward_voxels
+    from pipeline.inference import eval_dataset, forward_voxels
     root, data = trained
     query.main(argv(root, data, 'q_oracle', queries='floor', scenes='scene0100_00', test_repeats=3))
     cfg = load_config(argv(root, data, 'unused', test_repeats=3), query.SCHEMA)
@@ -122,7 +124,7 @@ def test_free_text_through_open_clip_and_query_embeddings(trained, tmp_path):
     space); the same embedding given as query_embeddings gives the same scores."""
     import open_clip
     import query
-    from util.text_embeddings import encode_class_names
+    from pipeline.text_embeddings import encode_class_names
     root, data = trained
     tiny = {'embed_dim': 512, 'vision_cfg': {'image_size': 32, 'layers': 1, 'width': 64, 'patch_size': 16},
             'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 64, 'heads': 2, 'layers': 1}}
@@ -201,7 +203,7 @@ def test_large_scans_run_in_tiles(trained, monkeypatch):
     """max_voxels cuts a voxelisation into tiles with a margin of context; inside the tiles the prediction is
     the whole scene's (the U-Net's receptive field is larger than the margin, so not everywhere)."""
     import query
-    import util.inference as inference
+    import pipeline.inference as inference
     root, data = trained
     calls = []
     original = inference.forward_voxels

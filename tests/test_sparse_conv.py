@@ -13,21 +13,7 @@ import models.sparse as ME
 from models.sparse import kmap
 from models.sparse.kmap import kernel_offsets
 
-G = 10  # dense grid side (stride-1 voxels)
-B = 3   # batch items
-
-
-def random_sparse(n_per_batch=60, channels=4, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    coords = []
-    for b in range(B):
-        flat = torch.randperm(G ** 3, generator=g)[:n_per_batch]
-        xyz = torch.stack([flat % G, (flat // G) % G, flat // (G * G)], 1)
-        coords.append(torch.cat([torch.full((n_per_batch, 1), b), xyz], 1))
-    coords = torch.cat(coords).int()
-    coords = coords[torch.randperm(len(coords), generator=g)]  # order must not matter
-    feats = torch.randn(len(coords), channels, generator=g, dtype=dtype)
-    return coords, feats
+from helpers import B, G, random_sparse
 
 
 def to_dense(coords, feats, side, stride=1):
@@ -206,7 +192,7 @@ def test_autocast_bf16_cpu_close_to_fp32():
     assert torch.isfinite(f.grad).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.cuda
 def test_cuda_matches_cpu():
     coords, feats = random_sparse(seed=9, dtype=torch.float32)
     conv = ME.Convolution(4, 8, kernel_size=3)

@@ -13,8 +13,8 @@ from dataset.label_constants import IGNORE_LABEL, dataset_info
 from dataset.synthetic import (Primitive, Room, _inside_primitives, camera_visibility, confused_as, look_at_pose,
                                make_room, make_scene, make_synthetic_dataset, make_text_embeddings, ray_cast,
                                similar_pairs)
-from util.metric import evaluate
-from vlm_ps_generation.pseudo_labels import pseudo_labels_from_features, scene_label_mask
+from pipeline.metric import evaluate
+from pipeline.pseudo_labels import pseudo_labels_from_features, scene_label_mask
 
 SMALL = dict(num_train=4, num_val=1, points_per_scene=6000, seed=0)
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dataset.fusion import scannet_intrinsic
+from prep.frames import scannet_intrinsic
 from dataset.label_constants import IGNORE_LABEL, dataset_info
 from dataset.synthetic import (FeatureParams, Primitive, Room, look_at_pose, make_scene, make_text_embeddings,
                                ray_cast)

@@ -9,7 +9,7 @@ import torch
 
 from dataset import formats
 from dataset.label_constants import dataset_info
-from util import text_embeddings as te
+from pipeline import text_embeddings as te
 from util.config import CfgNode
 
 TINY_CFG = {'embed_dim': 64,

@@ -23,7 +23,9 @@ from models.sparse.reference import reference_sparse_conv  # noqa: E402
 from models.sparse.triton import kernels, plan  # noqa: E402
 from models.sparse.triton.conv import triton_sparse_conv  # noqa: E402
 from models.sparse.triton.plan import mask_order, neighbour_table, tile_occupancy  # noqa: E402
-from tests.test_sparse_conv import random_sparse  # noqa: E402
+from helpers import random_sparse  # noqa: E402
+
+pytestmark = pytest.mark.triton
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 

@@ -14,8 +14,10 @@ import time
 import numpy as np
 import pytest
 
-from tests.test_esg import EVAL_CONFIG, make_tiny_dataset
+from helpers import EVAL_CONFIG, make_tiny_dataset
 from util.config import load_config
+
+pytestmark = pytest.mark.slow
 
 
 def require_browser():
@@ -41,7 +43,7 @@ def experiment(tmp_path_factory):
     """<root>/exp/best.pth (random weights) and <root>/exp/result_eval/eval_config.yaml: an experiment folder
     laid out as run/esg.sh and run/eval.sh leave it."""
     import torch
-    from util.inference import build_disnet
+    from pipeline.networks import build_disnet
     from util.checkpoint import save_checkpoint
     root = str(tmp_path_factory.mktemp('viewer'))
     data = make_tiny_dataset(root, n_train=1, n_val=2)
@@ -125,7 +127,7 @@ def test_viewer_draws_points_legend_and_a_live_query(experiment, tmp_path):
         assert app.query_text == 'floor' and app.mode_box.value == 'query'
         heat = wait_until_stable(browser, reference=shown_again, min_changed=1)
         save_artifact(heat, tmp_path, 'viewer_query.png')
-        from util.visualize import heat_colors
+        from pipeline.visualize import heat_colors
         expected = heat_colors(app.query_scores, np.percentile(app.query_scores, 1), np.percentile(app.query_scores, 99))
         drawn = heat[y:y + h, x:x + w][changed]
         palette = np.unique(expected, axis=0)

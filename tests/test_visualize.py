@@ -1,4 +1,4 @@
-"""util/visualize.py: top-down pictures sized by the point density with holes filled, the ceiling crop, the
+"""pipeline/visualize.py: top-down pictures sized by the point density with holes filled, the ceiling crop, the
 error panel, distinct colours for ignored / unlabeled / S3DIS clutter, bar charts with values and stages."""
 import json
 import logging
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dataset.label_constants import IGNORE_LABEL, UNLABELED_COLOR, dataset_info
-from util import visualize as vis
+from pipeline import visualize as vis
 
 
 def floor_grid(step=0.05, size=2.0, jitter=0.0, seed=0):
@@ -92,7 +92,7 @@ def test_ignored_unlabeled_and_clutter_are_told_apart():
 
 
 def test_bar_chart_values_and_stages(tmp_path):
-    from util.metric import evaluate
+    from pipeline.metric import evaluate
     names = ['wall', 'floor', 'chair']
     result = evaluate(np.array([0, 0, 1, 1, 2, 1]), np.array([0, 0, 1, 1, 2, 2]), names)
     texts = vis.iou_bar_chart(result, str(tmp_path / 'one.png'))

@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from util import visualize as vis
+from pipeline import visualize as vis
 
 MODES = ('prediction', 'ground truth', 'errors', 'RGB', 'query')
 
@@ -176,7 +176,7 @@ class ViewerApp:
         except Exception as err:  # shown in the page: a query CLIP cannot encode here must not end the server
             self.legend.content = _swatches([], f'query failed: {err}')
             return
-        from util import query as q
+        from pipeline import query as q
         note = f'embedding: {html.escape(source)}'
         class_id = q.class_index(self.data.info, text)
         if self.result.has_gt and class_id is not None:

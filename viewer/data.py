@@ -1,4 +1,4 @@
-"""What the viewer shows: scenes predicted and embedded through ``util/query.py``, the path query.py takes.
+"""What the viewer shows: scenes predicted and embedded through ``pipeline/query.py``, the path query.py takes.
 
 A folder is resolved to (config, checkpoint):
 - a query.py output folder: its ``query_config.yaml`` (the resolved config, checkpoint and scene choice);
@@ -7,7 +7,7 @@ A folder is resolved to (config, checkpoint):
 - an experiment folder (``<exp>`` with ``best.pth``): the evaluation config in ``<exp>/result_eval``.
 ``--config`` names the config instead. Scenes are computed when first shown (then kept): the label set's
 prediction (evaluate.py's, voxelisations included) and, for the points shown, the mean unit embedding that
-answers a new query with one product (``util.query``).
+answers a new query with one product (``pipeline.query``).
 """
 import glob
 import os
@@ -68,7 +68,7 @@ class ViewerData:
 
     def __init__(self, cfg, device='cpu', max_points=150_000, logger=None):
         from query import build_dataset, check_dimensions
-        from util import query as q
+        from pipeline import query as q
         self.cfg, self.device, self.max_points, self.logger = cfg, torch.device(device), int(max_points), logger
         self.info = dataset_info(cfg.labelset)
         self.labels = q.parse_names(cfg.labels, 'labels') or list(self.info.labels)
@@ -93,7 +93,7 @@ class ViewerData:
 
     def scene(self, name):
         """The ``SceneResult`` of scene ``name`` (computed once), with float16 embeddings of its shown points."""
-        from util import query as q
+        from pipeline import query as q
         if name in self._scenes:
             return self._scenes[name]
         if name not in self.names:
@@ -111,7 +111,7 @@ class ViewerData:
 
     def text_embedding(self, text):
         """Unit text embedding of a query (a class name: evaluate.py's row; else open_clip or query_embeddings)."""
-        from util import query as q
+        from pipeline import query as q
         key = text.strip()
         if key not in self._text_cache:
             emb, sources = q.text_embeddings_for(self.cfg, self.info, [key], 'query')

@@ -35,18 +35,18 @@ import numpy as np
 import torch
 
 from dataset import formats
-from dataset.label_constants import IGNORE_LABEL, dataset_info
+from dataset.label_constants import IGNORE_LABEL, dataset_info, feature_dim
 from dataset.voxelizer import sparse_quantize
 from pipeline.keys import POSITIVE_INT, NON_NEGATIVE_INT, dataset_keys, run_keys, text_keys
 from util.config import Key, Schema, load_config
 from util.io import atomic_write_text
-from util.metric import confusion_matrix, evaluate_confusion, format_table
+from pipeline.metric import confusion_matrix, evaluate_confusion, format_table
 from util.misc import get_device
 from util.progress import progress
 from util.provenance import OutputManifest, array_digest, code_version, file_digest
 from util.run_folder import RunFolder
-from util.text_embeddings import text_embeddings_from_config
-from vlm_ps_generation.pseudo_labels import pseudo_labels_from_features, scene_label_mask
+from pipeline.text_embeddings import text_embeddings_from_config
+from pipeline.pseudo_labels import pseudo_labels_from_features, scene_label_mask
 
 SCHEMA = Schema('PLG: pseudo labels from fused 2D features and CLIP text embeddings', [
     *dataset_keys(),
@@ -172,7 +172,7 @@ def run(cfg):
 def label_split(cfg, device, logger):
     info = dataset_info(cfg.labelset)
     save_folder = cfg.save_folder
-    feat_dim = cfg.feat_dim or formats.feature_dim(cfg.feature_2d_extractor)
+    feat_dim = cfg.feat_dim or feature_dim(cfg.feature_2d_extractor)
     text = text_embeddings_from_config(cfg, info, device=device)
     if feat_dim is not None and text.shape[1] != feat_dim:
         raise ValueError(f"text embeddings have dimension {text.shape[1]} but feature_2d_extractor "

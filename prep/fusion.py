@@ -1,4 +1,4 @@
-"""Multi-view 2D-to-3D feature fusion (OpenScene §3.1; SPEC §4b): the per-point "fused 2D embeddings".
+"""Multi-view 2D-to-3D feature fusion (OpenScene §3.1; docs/method.md, "Inputs"): the per-point "fused 2D embeddings".
 
 For every scene, every point is projected into every RGB-D frame; a frame *sees* a point when the point
 projects inside the image (minus a ``cut_bound`` border) and its camera depth agrees with the depth map
@@ -17,93 +17,30 @@ Conventions (as OpenScene's ``fusion_util.py``):
   neighbour by pixel centres; equal sizes give the identity. OpenScene instead resizes OpenSeg's map to the
   depth size first (nearest, align_corners=True), which differs by at most one feature pixel.
 
-Writing: ``<out>/<scene>_0.pt`` = ``{'feat': float16 [M, D], 'mask_full': bool [N]}`` (SPEC §3), one full
+Writing: ``<out>/<scene>_0.pt`` = ``{'feat': float16 [M, D], 'mask_full': bool [N]}`` (docs/formats.md), one full
 file per scene as 3DSS-VLG's fusion does; ``--num_files K --points_per_file P`` reproduces OpenScene's
 released training features (K files, each a random subset of P points kept where covered).
 
 CLI::
 
-    python -m dataset.fusion --dataset scannet --data_root_3d data/scannet_3d --split train \\
+    python -m prep.fusion --dataset scannet --data_root_3d data/scannet_3d --split train \\
         --data_root_2d data/scannet_2d --output_dir data/scannet_multiview_clip \\
         --feature_source openclip --model ViT-B-16 --pretrained openai --device cuda
 """
 import argparse
-import math
 import os
 import zlib
-from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
 
-# ScanNet depth-camera intrinsics at 640x480 (OpenScene's preprocessing constants, SPEC §4b).
-SCANNET_INTRINSIC_640x480 = (577.870605, 577.870605, 319.5, 239.5)
-SCANNET_IMAGE_SIZE = (240, 320)  # (H, W) of the exported frames
+from prep.frames import FrameData, project_points
+from prep.s3dis import Stanford2D3DSFrames
+from prep.scannet import ScanNetFrames
+
 DEPTH_THRESHOLD = 0.25
 CUT_BOUND = 10
-
-
-@dataclass
-class FrameData:
-    """One RGB-D frame, as every frame reader yields it.
-
-    color: [H_c, W_c, 3] uint8 RGB; depth: [H, W] float metres (0 = no measurement);
-    intrinsic: 3x3 or 4x4 at the depth resolution; pose: 4x4 camera-to-world;
-    name: '<scene>/<frame id>' (unique; ``PrecomputedFeatureSource`` looks up '<dir>/<name>.pt').
-    """
-    color: np.ndarray
-    depth: np.ndarray
-    intrinsic: np.ndarray
-    pose: np.ndarray
-    name: str
-
-
-def make_intrinsic(fx, fy, cx, cy):
-    K = np.eye(4)
-    K[0, 0], K[1, 1], K[0, 2], K[1, 2] = fx, fy, cx, cy
-    return K
-
-
-def resize_intrinsic(intrinsic, src_hw, dst_hw):
-    """Intrinsics of an image resized from ``src_hw`` to ``dst_hw`` = (H, W).
-
-    OpenScene's ``adjust_intrinsic`` convention: focal lengths scale with the size ratio (the width ratio is
-    taken from the height to keep the aspect ratio, as upstream), principal points with (dst - 1) / (src - 1).
-    """
-    K = np.array(intrinsic, dtype=np.float64)
-    (sh, sw), (dh, dw) = src_hw, dst_hw
-    if (sh, sw) == (dh, dw):
-        return K
-    resize_width = math.floor(dh * sw / sh)
-    K[0, 0] *= resize_width / sw
-    K[1, 1] *= dh / sh
-    K[0, 2] *= (dw - 1) / (sw - 1)
-    K[1, 2] *= (dh - 1) / (sh - 1)
-    return K
-
-
-def scannet_intrinsic(image_hw=SCANNET_IMAGE_SIZE):
-    """OpenScene's fixed ScanNet intrinsics rescaled to ``image_hw``: 288.935/159.5/119.5 at 320x240."""
-    return resize_intrinsic(make_intrinsic(*SCANNET_INTRINSIC_640x480), (480, 640), tuple(image_hw))
-
-
-# ----------------------------------------------------------------------------- projection
-def project_points(points, intrinsic, pose):
-    """World points [N, 3] -> (u, v, z) float64 tensors: pixel column, pixel row, camera depth (metres).
-
-    Computed in float64 so that rounding to pixels is exactly OpenScene's numpy computation.
-    """
-    points = torch.as_tensor(points).to(torch.float64)
-    device = points.device
-    pose = torch.as_tensor(np.asarray(pose, dtype=np.float64), device=device)
-    K = np.asarray(intrinsic, dtype=np.float64)
-    world_to_camera = torch.linalg.inv(pose)
-    cam = points @ world_to_camera[:3, :3].T + world_to_camera[:3, 3]
-    z = cam[:, 2]
-    u = cam[:, 0] * K[0, 0] / z + K[0, 2]
-    v = cam[:, 1] * K[1, 1] / z + K[1, 2]
-    return u, v, z
 
 
 def compute_mapping(points, depth, intrinsic, pose, *, depth_threshold=DEPTH_THRESHOLD, cut_bound=CUT_BOUND):
@@ -122,7 +59,7 @@ def compute_mapping(points, depth, intrinsic, pose, *, depth_threshold=DEPTH_THR
     idx = torch.nonzero(inside, as_tuple=False).squeeze(1)
     row, col, z = row[idx], col[idx], z[idx]
     d = depth[row, col].to(torch.float64)
-    # OpenScene's occlusion test, relative to the measured depth (SPEC §4b)
+    # OpenScene's occlusion test, relative to the measured depth
     visible = (d > 0) & ((d - z).abs() <= depth_threshold * d)
     return idx[visible], row[visible], col[visible]
 
@@ -157,12 +94,12 @@ def fuse_features(points, frames: Iterable[FrameData], feature_source: Callable,
     """Average the 2D features of every frame over the points each frame sees.
 
     points: [N, 3] world coordinates; frames: iterable of ``FrameData``; feature_source: callable
-    ``FrameData -> tensor [D, H', W']`` (see ``dataset/feature_sources.py``), called only for frames that see
+    ``FrameData -> tensor [D, H', W']`` (see ``prep/feature_sources.py``), called only for frames that see
     at least one point (as OpenScene skips frames without correspondences).
     chunk_size: points projected at once (bounds the projection's memory).
     point_block_size: points whose feature sums are held at once (N x D floats otherwise: 14 GB for a
     4.7M-point S3DIS room at D = 768); with N larger, the frames are read, and the feature source run, once per
-    block, so ``frames`` must then be re-iterable (a list, or the frame-reader objects of dataset/preprocess).
+    block, so ``frames`` must then be re-iterable (a list, or the frame-reader objects of prep).
     Returns (feat float32 [M, D] on cpu, rows in ascending point order; mask_full bool [N]).
     Frames whose pose is not finite (ScanNet marks lost tracking with -inf) are skipped.
     """
@@ -269,23 +206,21 @@ def save_scene_features(output_dir, scene, feat, mask_full, *, num_files=1, poin
 
 
 def scene_frames(dataset, data_root_2d, scene, args):
-    """The frame reader of a dataset (lazy imports: the preprocessing modules import FrameData from here)."""
+    """The frame reader of a dataset."""
     if dataset == 'scannet':
-        from dataset.preprocess.scannet import ScanNetFrames
         intrinsic = args.intrinsic_file
         if intrinsic and intrinsic != 'scene':
             intrinsic = np.loadtxt(intrinsic)
         return ScanNetFrames(os.path.join(data_root_2d, scene), scene=scene, intrinsic=intrinsic,
                              depth_scale=args.depth_scale or 1000.0, frame_skip=args.frame_skip)
     if dataset == 's3dis':
-        from dataset.preprocess.s3dis import Stanford2D3DSFrames
         return Stanford2D3DSFrames(data_root_2d, scene, depth_scale=args.depth_scale or 512.0,
                                    image_size=args.image_size, frame_skip=args.frame_skip)
     raise ValueError(f"unknown dataset '{dataset}': expected scannet or s3dis")
 
 
 def build_feature_source(args):
-    from dataset import feature_sources
+    from prep import feature_sources
     if args.feature_source == 'precomputed':
         if not args.feature_dir:
             raise SystemExit('--feature_source precomputed needs --feature_dir')
@@ -298,15 +233,15 @@ def build_feature_source(args):
 
 def get_parser():
     p = argparse.ArgumentParser(
-        prog='python -m dataset.fusion',
+        prog='python -m prep.fusion',
         description='Multi-view fusion of 2D features onto 3D points (OpenScene section 3.1). Writes '
                     '<output_dir>/<scene>_0.pt = {feat float16 [M, D], mask_full bool [N]} per scene.')
     p.add_argument('--dataset', choices=['scannet', 's3dis'], required=True)
-    p.add_argument('--data_root_3d', required=True, help='folder with <split>/<scene>.pth (SPEC section 3)')
+    p.add_argument('--data_root_3d', required=True, help='folder with <split>/<scene>.pth')
     p.add_argument('--split', default='train')
     p.add_argument('--data_root_2d', required=True,
                    help='scannet: folder of exported frames <scene>/{color,depth,pose} '
-                        '(python -m dataset.preprocess.scannet frames); s3dis: the 2D-3D-S root holding area_N/data')
+                        '(python -m prep.scannet frames); s3dis: the 2D-3D-S root holding area_N/data')
     p.add_argument('--output_dir', required=True)
     p.add_argument('--feature_source', choices=['precomputed', 'openclip'], default='openclip')
     p.add_argument('--feature_dir', help="precomputed: folder of '<scene>/<frame>.pt|.npy' feature maps")
@@ -330,7 +265,7 @@ def get_parser():
                    help='depth PNG units per metre (default: 1000 for ScanNet, 512 for 2D-3D-S)')
     p.add_argument('--intrinsic_file', default=None,
                    help="scannet: 4x4 intrinsic txt at the depth resolution, or 'scene' for each scene's exported "
-                        "intrinsic/intrinsic_depth.txt (default: OpenScene's fixed constants, SPEC section 4b)")
+                        "intrinsic/intrinsic_depth.txt (default: OpenScene's fixed constants)")
     p.add_argument('--image_size', type=int, nargs=2, default=None, metavar=('H', 'W'),
                    help='s3dis: resize 2D-3D-S frames (1080x1080) to H W before fusion')
     p.add_argument('--num_files', type=int, default=1)

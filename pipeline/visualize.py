@@ -86,7 +86,7 @@ def _pyplot():
 
 
 def iou_bar_chart(result, path, title='per-class IoU', compare=()):
-    """Horizontal bars of the IoU of every class present in GT (``util.metric.evaluate`` result), the value
+    """Horizontal bars of the IoU of every class present in GT (``pipeline.metric.evaluate`` result), the value
     written on each bar. ``compare``: [(series name, {class name: IoU or None})] drawn beside each class's bar
     (e.g. the PLG pseudo labels and the ESS labels of the same split), the result's own series last.
     Returns the texts written on the bars, series by series."""

@@ -218,7 +218,7 @@ def _create_open_clip(model_name, pretrained):
         raise ValueError(f"open_clip model '{model_name}': give pretrained weights (a tag such as 'openai' or a "
                          f"checkpoint path); to use a model built in code, pass model=...")
     try:
-        from util.text_embeddings import needs_quick_gelu  # the text side must be built the same way
+        from pipeline.text_embeddings import needs_quick_gelu  # the text side must be built the same way
         return open_clip.create_model(model_name, pretrained=pretrained or None, require_pretrained=True,
                                       force_quick_gelu=needs_quick_gelu(model_name, pretrained))
     except Exception as err:

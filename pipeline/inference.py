@@ -26,9 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dataset.formats import all_scene_names, feature_dim, fused_feature_files, load_scene_fused_features, scene_name
-from models.disnet import DisNet
-from util import metric
+from dataset.formats import all_scene_names, fused_feature_files, load_scene_fused_features, scene_name
+from pipeline import metric
 from util.progress import progress
 
 FEATURE_TYPES = ('distill', 'fusion', 'ensemble')
@@ -63,13 +62,6 @@ def autocast_context(device, amp):
     if device.type == 'cpu' and amp == 'fp16':
         raise ValueError("amp 'fp16' is not supported on CPU; use amp bf16 or off")
     return torch.autocast(device_type=device.type, dtype=dtypes[amp])
-
-
-def build_disnet(cfg):
-    """The DisNet a config describes: ``arch_3d``, the width of ``feature_2d_extractor``'s embeddings,
-    ``sparse_engine`` (builtin when absent)."""
-    out_channels = feature_dim(getattr(cfg, 'feature_2d_extractor', 'openseg'))
-    return DisNet(getattr(cfg, 'arch_3d', None), out_channels, getattr(cfg, 'sparse_engine', None) or 'builtin')
 
 
 def sparse_input(model, coords, feats, device):

@@ -8,7 +8,7 @@ embedding ``t`` the score of a point is its cosine similarity to ``t``, averaged
 
 (``f_r``: the network's output on voxelisation r, ``v_r(p)``: the voxel of point p in it). Because the score
 is linear in ``t``, ``E`` (the mean unit embedding) answers any later query with one product; the viewer keeps
-it for the points it shows. Segmenting with a label set is the evaluation itself: ``util.inference.
+it for the points it shows. Segmenting with a label set is the evaluation itself: ``pipeline.inference.
 predict_split`` with the label set's text embeddings (summed logits, argmax), called once here with the
 query scoring as its ``on_features`` hook, so one pass over the network gives both and the labels agree
 with ``evaluate.py`` by construction.
@@ -73,7 +73,7 @@ def text_embeddings_for(cfg, info, names, what='queries', embeddings_path=''):
     """Unit text embeddings [len(names), D] of ``names`` and, per name, where its row came from (module docstring);
     ``embeddings_path``: an .npy with one row per name, used for all of them."""
     from dataset import formats
-    from util.text_embeddings import load_or_compute_text_embeddings, text_embeddings_from_config
+    from pipeline.text_embeddings import load_or_compute_text_embeddings, text_embeddings_from_config
     names = list(names)
     if not names:
         return torch.zeros(0, 0), []
@@ -205,7 +205,7 @@ def tiled_forward(max_voxels, margin_voxels):
     global voxel coordinates, so the strided grids of the U-Net line up with the whole scene's; only points
     near a tile border whose receptive field reaches past the margin can differ from one whole pass.
     A voxelisation within ``max_voxels`` runs in one pass, exactly as evaluate.py."""
-    from util.inference import forward_voxels
+    from pipeline.inference import forward_voxels
     if max_voxels <= 0:
         return forward_voxels
 
@@ -333,7 +333,7 @@ def run_scenes(cfg, model, dataset, label_embeddings, query_embeddings, device, 
     (callable(index, N) -> rows) keeps the mean unit embeddings of those points. Returns the confusion matrix
     of the label set against GT (summed over scenes with GT).
     """
-    from util.inference import predict_split
+    from pipeline.inference import predict_split
     feature_type = cfg.feature_type
     if feature_type not in ('distill', 'fusion', 'ess'):
         raise ValueError(f"feature_type must be 'distill' (the 3D network), 'fusion' (the fused 2D features) or "

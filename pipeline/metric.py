@@ -1,4 +1,4 @@
-"""Segmentation metrics exactly as OpenScene's / 3DSS-VLG's ``util/metric.py`` compute them.
+"""Segmentation metrics exactly as OpenScene's / 3DSS-VLG's ``pipeline/metric.py`` compute them.
 
 - points whose GT is 255 (IGNORE_LABEL) are left out;
 - a prediction >= num_classes ('unlabeled' / no 2D feature, or 256 as upstream writes it) is a

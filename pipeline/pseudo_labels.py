@@ -1,4 +1,4 @@
-"""The PLG formula (paper §3.2, SPEC §2.1), shared by the PLG script, the synthetic-data calibration
+"""The PLG formula (paper §3.2; docs/method.md), shared by the PLG script, the synthetic-data calibration
 and the tests.
 
     p = softmax(f_fused @ T^T)          T: L2-normalised text embeddings, no temperature (as upstream)

@@ -1,4 +1,4 @@
-"""The ESG distillation losses (paper §3.4, SPEC §2.3) between 3D features and ESS embeddings.
+"""The ESG distillation losses (paper §3.4; docs/method.md) between 3D features and ESS embeddings.
 
 ``cosine_distance(output, target)`` = mean over rows of ``1 - cos(output_i, target_i)``, the value of
 upstream's ``(1 - nn.CosineSimilarity()(output, target)).mean()``, written as one autograd function:

@@ -1,4 +1,4 @@
-"""CLIP text embeddings of the class names (paper §3.2: the text side of the PLG formula, SPEC §2.1).
+"""CLIP text embeddings of the class names (paper §3.2: the text side of the PLG formula).
 
 Either read from an ``.npy`` file ([C, D], rows normalised on load) or computed with open_clip:
 ViT-L-14-336 gives the 768-d space of OpenSeg features, ViT-B-32 the 512-d space of LSeg/CLIP.

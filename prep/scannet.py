@@ -17,9 +17,9 @@ OpenScene's fixed constants unless told otherwise) and ``<out>/intrinsics.txt`` 
 
 CLI::
 
-    python -m dataset.preprocess.scannet 3d --scans_dir /data/scannet/scans --scene_list scannetv2_train.txt \\
+    python -m prep.scannet 3d --scans_dir /data/scannet/scans --scene_list scannetv2_train.txt \\
         --out_dir data/scannet_3d/train --label_map_file /data/scannet/scannetv2-labels.combined.tsv
-    python -m dataset.preprocess.scannet frames --scans_dir /data/scannet/scans --out_dir data/scannet_2d
+    python -m prep.scannet frames --scans_dir /data/scannet/scans --out_dir data/scannet_2d
 """
 import argparse
 import csv
@@ -32,9 +32,8 @@ from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
-from dataset.fusion import SCANNET_IMAGE_SIZE, FrameData, resize_intrinsic, scannet_intrinsic
 from dataset.label_constants import IGNORE_LABEL, SCANNET_LABELS_20
-from dataset.preprocess import resize_nearest
+from prep.frames import SCANNET_IMAGE_SIZE, FrameData, resize_intrinsic, resize_nearest, scannet_intrinsic
 
 SCANNET_SUFFIX = '_vh_clean_2'
 # ScanNet benchmark: the NYU40 ids of the 20 evaluated classes, in label order
@@ -117,7 +116,7 @@ def _fields(vertices, names, path):
 
 
 def process_scene_3d(scan_dir, out_path, label_table: Optional[np.ndarray], require_labels=True):
-    """One scan folder -> ``out_path`` (.pth, SPEC §3). Returns the number of points."""
+    """One scan folder -> ``out_path`` (.pth, docs/formats.md). Returns the number of points."""
     from dataset.formats import save_scene_3d
     scene = os.path.basename(os.path.normpath(scan_dir))
     mesh_path = os.path.join(scan_dir, scene + SCANNET_SUFFIX + '.ply')
@@ -285,7 +284,7 @@ def export_frames(sens_path, out_scene_dir, frame_skip=20, image_hw=SCANNET_IMAG
 class ScanNetFrames:
     """Exported ScanNet frames of one scene (``<scene_dir>/{color,depth,pose}/<i>.*``) as ``FrameData``.
 
-    intrinsic: 3x3/4x4 at the depth resolution; default OpenScene's fixed constants (SPEC §4b), or 'scene' to
+    intrinsic: 3x3/4x4 at the depth resolution; default OpenScene's fixed constants, or 'scene' to
     use ``<scene_dir>/intrinsic/intrinsic_depth.txt`` from the export. depth_scale: PNG units per metre.
     """
 
@@ -295,7 +294,7 @@ class ScanNetFrames:
         color_dir = os.path.join(scene_dir, 'color')
         if not os.path.isdir(color_dir):
             raise FileNotFoundError(f"no exported frames for scene '{self.scene}': '{color_dir}' does not exist "
-                                    f"(run python -m dataset.preprocess.scannet frames first)")
+                                    f"(run python -m prep.scannet frames first)")
         names = [os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(glob.escape(color_dir), '*.jpg'))]
         self.frame_ids = sorted(names, key=lambda s: (int(s) if s.isdigit() else float('inf'), s))[::frame_skip]
         if isinstance(intrinsic, str) and intrinsic == 'scene':
@@ -337,7 +336,7 @@ def _scene_list(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog='python -m dataset.preprocess.scannet', description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(prog='python -m prep.scannet', description=__doc__.split('\n')[0])
     sub = p.add_subparsers(dest='command', required=True)
     p3 = sub.add_parser('3d', help='<scene>_vh_clean_2[.labels].ply -> <out>/<scene>_vh_clean_2.pth')
     p2 = sub.add_parser('frames', help='<scene>.sens -> <out>/<scene>/{color,depth,pose,intrinsic}')

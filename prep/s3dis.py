@@ -27,7 +27,7 @@ Depth units are 1/512 m per the dataset's README (alexsax/2D-3D-Semantics: "16-b
 
 CLI::
 
-    python -m dataset.preprocess.s3dis --s3dis_root /data/Stanford3dDataset_v1.2 --out_dir data/s3dis_3d
+    python -m prep.s3dis --s3dis_root /data/Stanford3dDataset_v1.2 --out_dir data/s3dis_3d
 """
 import argparse
 import glob
@@ -39,9 +39,8 @@ from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from dataset.fusion import FrameData, resize_intrinsic
 from dataset.label_constants import S3DIS_LABELS_13
-from dataset.preprocess import resize_nearest
+from prep.frames import FrameData, resize_intrinsic, resize_nearest
 
 UNKNOWN_CLASS = 'clutter'
 DEPTH_SCALE_2D3DS = 512.0
@@ -263,7 +262,7 @@ class Stanford2D3DSFrames:
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv=None):
-    p = argparse.ArgumentParser(prog='python -m dataset.preprocess.s3dis',
+    p = argparse.ArgumentParser(prog='python -m prep.s3dis',
                                 description='Stanford3dDataset v1.2 rooms -> <out_dir>/{train,val}/Area_<n>_<room>.pth')
     p.add_argument('--s3dis_root', required=True, help='folder holding Area_1 ... Area_6')
     p.add_argument('--out_dir', required=True)
