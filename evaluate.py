@@ -202,15 +202,16 @@ def main(argv=None):
     try:
         with RunFolder(cfg.save_folder, 'evaluation', enabled=dist_info.rank == 0) as folder:
             du.barrier()
+            sparse = configure_from(cfg)
             logger = folder.start('eval', cfg, SCHEMA, device, rank=dist_info.rank,
-                                  local_world_size=int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
+                                  local_world_size=int(os.environ.get('LOCAL_WORLD_SIZE', 1)),
+                                  sparse_conv=sparse.describe())
             return evaluate(cfg, dist_info, device, logger)
     finally:
         du.cleanup()
 
 
 def evaluate(cfg, dist_info, device, logger):
-    logger.info(configure_from(cfg))
     set_seed(cfg.manual_seed)
     timer = Timer()
     info = dataset_info(cfg.labelset)

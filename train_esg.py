@@ -310,10 +310,10 @@ def main(argv=None):
         with RunFolder(cfg.save_path, 'ESG training', enabled=dist_info.rank == 0) as folder:
             folder.check_fresh_or_resume(resume=cfg.resume, overwrite=cfg.overwrite, outputs=RUN_OUTPUTS)
             du.barrier()
+            sparse = configure_from(cfg)
             logger = folder.start('esg', cfg, SCHEMA, device, rank=dist_info.rank,
                                   local_world_size=int(os.environ.get('LOCAL_WORLD_SIZE', 1)),
-                                  processes=dist_info.world_size)
-            logger.info(configure_from(cfg))
+                                  processes=dist_info.world_size, sparse_conv=sparse.describe())
             _, summary = train(cfg, dist_info, device, logger)
     finally:
         du.cleanup()

@@ -26,8 +26,8 @@ ESG_TRAIN_CONFIG = config('config/demo/openseg_train.yaml')
 EVAL_CONFIG = config('config/demo/openseg_eval.yaml')
 
 
-def _scene(rng, box_class):
-    """Floor (class 1), wall (class 0) and a box of ``box_class``; colours follow the class."""
+def _scene(rng, box_class, floor_class=1, wall_class=0, num_classes=NUM_CLASSES):
+    """Floor, wall and a box of ``box_class`` (ScanNet's ids by default); colours follow the class."""
     g = np.arange(0, 0.6, 0.025)
     fx, fy = np.meshgrid(g, g)
     floor = np.stack([fx.ravel(), fy.ravel(), np.zeros(fx.size)], 1)
@@ -36,8 +36,9 @@ def _scene(rng, box_class):
     centre = rng.uniform(0.2, 0.4, 2)
     box = rng.uniform(-0.1, 0.1, (400, 3)) + np.r_[centre, 0.12]
     coords = np.concatenate([floor, wall, box]).astype(np.float32)
-    labels = np.concatenate([np.full(len(floor), 1), np.full(len(wall), 0), np.full(len(box), box_class)])
-    base = np.random.default_rng(box_class).uniform(-0.8, 0.8, (NUM_CLASSES, 3))
+    labels = np.concatenate([np.full(len(floor), floor_class), np.full(len(wall), wall_class),
+                             np.full(len(box), box_class)])
+    base = np.random.default_rng(box_class).uniform(-0.8, 0.8, (num_classes, 3))
     colors = np.clip(base[labels] + rng.normal(0, 0.05, (len(labels), 3)), -1, 1)
     return coords, colors.astype(np.float32), labels.astype(np.int64)
 
@@ -64,6 +65,26 @@ def make_tiny_dataset(root, n_train=4, n_val=2, seed=0):
             # 2.5 cm: the point spacing of these 0.6 m scenes; coarser voxels would leave a single voxel per
             # scene at tensor stride 16, which BatchNorm cannot normalise in training mode
             'voxel_size', '0.025']
+
+
+def make_tiny_s3dis(root, n_train=3, n_val=2, seed=0, feat_dim=768):
+    """Tiny rooms with S3DIS labels (floor 1, wall 2, a table / chair / sofa / bookcase), named as S3DIS rooms
+    (Area_<n>_<room>.pth, Area 5 in val), 768-d features as OpenSeg's: what config/s3dis/ reads."""
+    rng = np.random.default_rng(seed)
+    info = dataset_info('s3dis')
+    text = rng.normal(size=(info.num_classes, feat_dim)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    save_text_embeddings(os.path.join(root, 'text.npy'), text)
+    for split, n, area in (('train', n_train, 1), ('val', n_val, 5)):
+        for i in range(n):
+            name = f'Area_{area}_office_{i + 1}'
+            coords, colors, labels = _scene(rng, box_class=7 + (i % 4), floor_class=1, wall_class=2,
+                                            num_classes=info.num_classes)
+            save_scene_3d(os.path.join(root, '3d', split, f'{name}.pth'), coords, colors, labels)
+            mask = rng.random(len(labels)) > 0.15
+            feat = text[labels[mask]] + 0.05 * rng.normal(size=(int(mask.sum()), feat_dim))
+            save_fused_features(os.path.join(root, 'feat', f'{name}_0.pt'), torch.from_numpy(feat), torch.from_numpy(mask))
+    return text
 
 
 def train_argv(root, data_overrides, **overrides):

@@ -28,9 +28,12 @@ class SparseConvSettings:
         _check('row_order', self.row_order, ROW_ORDERS)
         _check('autotune', self.autotune, (False, True))
 
+    def describe(self):
+        return f'{self.conv} (row order {self.row_order}, autotune {"on" if self.autotune else "off"})'
+
     def __str__(self):
-        return (f'sparse_conv {self.conv} (row order {self.row_order}, '
-                f'autotune {"on" if self.autotune else "off"})')
+        return f'sparse_conv {self.describe()}'
+
 
 
 def _check(field, value, allowed):
