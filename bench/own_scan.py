@@ -1,7 +1,7 @@
 """Time and peak memory of query.py on a large scan, written as a phone / LiDAR scanner app writes it.
 
-    PYTHONPATH=. python bench/own_scan.py --scene data/demo_3d/val/scene0016_00_vh_clean_2.pth --points 5000000
-    PYTHONPATH=. python bench/own_scan.py ... --config config/scannet/openseg_eval.yaml model_path <ckpt> device cuda
+    python bench/own_scan.py --scene data/demo_3d/val/scene0016_00_vh_clean_2.pth --points 5000000
+    python bench/own_scan.py ... --config config/scannet/openseg_eval.yaml model_path <ckpt> device cuda
 
 Makes ``<out>/scan_<points>.ply`` from a scene: points drawn with Gaussian jitter of half the scene's sampling step
 until the scan has ``--points`` points, y-up (as ARKit apps export), binary little-endian, float x y z, float normals, uchar

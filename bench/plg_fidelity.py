@@ -11,7 +11,7 @@ wrong) under
   - float16 scoring;
   - per-point scoring (``plg_per_point True``), for scale.
 
-    PYTHONPATH=. python bench/plg_fidelity.py --rooms 3 --rotations 5
+    python bench/plg_fidelity.py --rooms 3 --rotations 5
 """
 import argparse
 import os

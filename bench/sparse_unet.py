@@ -8,10 +8,10 @@ gather plans (map_share, timed by wrapping the functions that build them: ``timi
 feature-gradient plans are built in backward and count in ms/step only). With spconv importable it also
 times the same network shape in spconv on the same voxels.
 
-    PYTHONPATH=. python bench/sparse_unet.py                                # CUDA if present, full size
-    PYTHONPATH=. python bench/sparse_unet.py --device cpu --scale 0.05 --steps 2 --batch-sizes 1
-    PYTHONPATH=. python bench/sparse_unet.py --dtype fp32,bf16,fp16 --batch-sizes 1,4 --conv reference,triton
-    PYTHONPATH=. python bench/sparse_unet.py --conv triton --row-orders mask,memory --autotune   # tuning runs
+    python bench/sparse_unet.py                                # CUDA if present, full size
+    python bench/sparse_unet.py --device cpu --scale 0.05 --steps 2 --batch-sizes 1
+    python bench/sparse_unet.py --dtype fp32,bf16,fp16 --batch-sizes 1,4 --conv reference,triton
+    python bench/sparse_unet.py --conv triton --row-orders mask,memory --autotune   # tuning runs
 
 ``--row-orders`` times the Triton path with its rows sorted by neighbour mask (the default) and/or in memory
 order; ``--autotune`` lets Triton's autotuner pick the tile shapes (its first steps include the tuning, so

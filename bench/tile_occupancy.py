@@ -8,8 +8,8 @@ share of the executed work under each row order (``memory``: rows as stored, ``m
 neighbour mask, what ``sparse_conv_row_order: mask`` does), for the forward product and the feature-gradient
 product (the weight gradient runs over the pairs and wastes nothing), and the step's total.
 
-    PYTHONPATH=. python bench/tile_occupancy.py                    # one 185k-voxel room, BLOCK_M 64
-    PYTHONPATH=. python bench/tile_occupancy.py --batch-size 4 --block-m 32,64,128
+    python bench/tile_occupancy.py                    # one 185k-voxel room, BLOCK_M 64
+    python bench/tile_occupancy.py --batch-size 4 --block-m 32,64,128
 """
 import argparse
 import collections

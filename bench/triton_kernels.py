@@ -6,9 +6,9 @@ what decides its speed before it ever runs: registers per thread, spilled bytes 
 and whether the matrix products became tensor-core instructions (wgmma on sm_90, mma on sm_80; an IEEE
 float32 product is FMA code by design).
 
-    PYTHONPATH=. python bench/triton_kernels.py                      # the fixed rule's configs for MinkUNet18A
-    PYTHONPATH=. python bench/triton_kernels.py --candidates         # every autotuner candidate as well
-    PYTHONPATH=. python bench/triton_kernels.py --check --max-spill 16   # exit 1 on a failed compile or a spill
+    python bench/triton_kernels.py                      # the fixed rule's configs for MinkUNet18A
+    python bench/triton_kernels.py --candidates         # every autotuner candidate as well
+    python bench/triton_kernels.py --check --max-spill 16   # exit 1 on a failed compile or a spill
 
 It must run with TRITON_INTERPRET unset (an interpreted kernel cannot be compiled): the tests call it in a
 subprocess.

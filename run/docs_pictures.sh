@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's pictures of queries, own scans, evaluation and the viewer, regenerated from the demo's network
 # (run `make demo` first; the viewer screenshot needs chromium + chromium-driver, see .ci/run):
-#   PYTHONPATH=. bash run/docs_pictures.sh
+#   bash run/docs_pictures.sh
 # Writes docs/{query_chair,own_scan_pred,eval_topdown,iou_per_class,viewer,viewer_query}.png from out/docs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
