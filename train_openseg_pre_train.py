@@ -12,7 +12,6 @@ holds checkpoints is refused unless ``overwrite True``; the folder is locked whi
 (``util/run_folder.py``). A non-finite loss stops the run naming the epoch, the batch and its scenes.
 """
 import math
-import os
 import warnings
 
 import numpy as np

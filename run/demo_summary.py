@@ -47,7 +47,7 @@ def main():
 
     ess = read_json(os.path.join(args.exp, 'ess', 'ess_eval_metrics.json'), 'ESS inference')
     esg = read_json(os.path.join(args.exp, 'esg', 'result_eval', 'eval_summary.json'), 'evaluate')
-    import evaluate  (its schema resolves the eval config)
+    import evaluate  # its schema resolves the eval config
     cfg = resolve_config(evaluate.SCHEMA, args.eval_config)
     split = esg['split']
     if split not in ess:

@@ -9,7 +9,6 @@ import eval_openseg_pre_train
 import train_openseg_pre_train
 from dataset import formats
 from dataset.ess_loader import ESSPointDataset, EpochShuffleSampler
-from dataset.label_constants import dataset_info
 from pipeline.networks import build_adapter
 from util.checkpoint import load_checkpoint, save_checkpoint
 from util.config import load_config

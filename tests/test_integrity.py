@@ -128,7 +128,7 @@ def test_lock_without_flock_uses_an_exclusive_file_and_recognises_a_dead_holder(
     messages = []
     with RunFolder(tmp_path, 'third', log=messages.append):
         assert json.loads((tmp_path / '.lock.pid').read_text())['pid'] == os.getpid()
-    assert any(f'stale lock' in m and f'pid {dead.pid}' in m for m in messages)
+    assert any('stale lock' in m and f'pid {dead.pid}' in m for m in messages)
 
 
 def test_leftover_temporary_files_are_removed_at_the_next_start(tmp_path):

@@ -89,3 +89,11 @@ def test_boundaries():
 def test_no_reference_to_documents_users_do_not_have():
     out = subprocess.run(['git', 'grep', '-n', '-I', 'SP' + 'EC', '--', '.'], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout == '', out.stdout
+
+
+def test_every_script_compiles():
+    """Scripts no test imports (run/, bench/) still parse."""
+    import py_compile
+    files = subprocess.run(['git', 'ls-files', '*.py'], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    for f in files:
+        py_compile.compile(os.path.join(ROOT, f), doraise=True, cfile=os.devnull)
