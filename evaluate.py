@@ -25,21 +25,20 @@ import numpy as np
 from dataset.formats import load_scene_3d, scene_name
 from dataset.label_constants import IGNORE_LABEL, dataset_info
 from models.sparse.settings import configure_from
+from pipeline.inference import eval_dataset, predict_split
+from pipeline.keys import POSITIVE_INT, dataset_keys, network_keys, one_of, run_keys, text_keys, workers_key
+from pipeline.metric import evaluate_confusion, format_table
+from pipeline.networks import build_disnet
+from pipeline.text_embeddings import text_embeddings_from_config
+from pipeline.visualize import (IGNORED_COLOR, ceiling_crop, ceiling_height, error_colors, iou_bar_chart,
+                                labels_to_colors, topdown_panels_png, write_ply)
 from util import distributed as du
 from util.checkpoint import load_checkpoint
-from pipeline.keys import POSITIVE_INT, dataset_keys, network_keys, one_of, run_keys, text_keys, workers_key
 from util.config import CfgNode, Key, Schema, load_config
-from pipeline.networks import build_disnet
-from pipeline.inference import eval_dataset, predict_split
 from util.io import atomic_np_save, atomic_write_text, safe_torch_load
-from pipeline.metric import evaluate_confusion, format_table
 from util.misc import Timer, set_seed
 from util.provenance import array_digest, code_version, file_digest
 from util.run_folder import ExistingResultsError, RunFolder
-from pipeline.text_embeddings import text_embeddings_from_config
-from pipeline.visualize import (IGNORED_COLOR, ceiling_crop, ceiling_height, error_colors, iou_bar_chart,
-                            labels_to_colors, topdown_panels_png, write_ply)
-
 
 SCHEMA = Schema('Evaluate an ESG 3D network: per-point predictions, mIoU / mAcc, pictures', [
     *dataset_keys(),

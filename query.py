@@ -30,12 +30,12 @@ import numpy as np
 
 from dataset.formats import scene_name
 from dataset.label_constants import IGNORE_LABEL, dataset_info
+from pipeline import query as q, visualize as vis
 from util.config import load_config
 from util.io import atomic_np_save, atomic_write_text
 from util.misc import Timer, get_device, set_seed
 from util.run_folder import RunFolder
-from pipeline import query as q
-from pipeline import visualize as vis
+
 
 def _query_keys():
     from pipeline.keys import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, one_of

@@ -19,19 +19,18 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from dataset.ess_loader import ESSPointDataset, ESSSceneDataset, EpochShuffleSampler, collate_scene
+from dataset.ess_loader import EpochShuffleSampler, ESSPointDataset, ESSSceneDataset, collate_scene
 from dataset.label_constants import dataset_info
-from pipeline.networks import build_adapter
 from pipeline import metric
+from pipeline.keys import NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, run_keys, text_keys, workers_key
+from pipeline.networks import build_adapter
+from pipeline.text_embeddings import text_embeddings_from_config
 from util.checkpoint import load_checkpoint, repair_best, save_best_and_last
-from pipeline.keys import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, run_keys, text_keys,
-                           workers_key)
 from util.config import Key, Schema, load_config
 from util.misc import AverageMeter, Timer, batch_scene_names, format_eta, get_device, set_seed
 from util.progress import progress
 from util.run_folder import RunFolder
 from util.tensorboard import close_writer, create_writer, log_scalars
-from pipeline.text_embeddings import text_embeddings_from_config
 
 CHUNK = 65536  # points per forward pass at validation: bounds memory on 500k-point scenes
 

@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 
-
 from dataset.formats import load_scene_3d
 
 

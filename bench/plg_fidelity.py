@@ -26,8 +26,8 @@ from dataset.label_constants import dataset_info
 from dataset.point_loader import Point3DLoader
 from dataset.voxelizer import Voxelizer, sparse_quantize
 from pipeline.metric import evaluate
-from vlm_ps_generation.generation_vlm import plg_scene
 from pipeline.pseudo_labels import MASKED_SCORE, scene_label_mask
+from vlm_ps_generation.generation_vlm import plg_scene
 
 INFO = dataset_info('scannet')
 

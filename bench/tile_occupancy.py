@@ -16,8 +16,8 @@ import collections
 import time
 
 import torch
-
 from sparse_unet import VOXELS_PER_SCENE, make_batch
+
 import models.sparse as ME
 from models.disnet import DisNet
 from models.sparse import dispatch, settings

@@ -30,8 +30,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from models.disnet import DisNet  # noqa: E402
-from models.sparse.triton import kernels, plan  # noqa: E402
 from models.sparse.modules import Convolution, ConvolutionTranspose  # noqa: E402
+from models.sparse.triton import kernels, plan  # noqa: E402
 
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}  # bytes per block (opt-in max)
 DTYPES = {'fp32': ('fp32', 'ieee'), 'tf32': ('fp32', 'native'), 'fp16': ('fp16', 'native'),

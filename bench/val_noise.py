@@ -15,12 +15,12 @@ import platform
 import numpy as np
 import torch
 
+from dataset.ess_loader import ESSSceneDataset
+from dataset.label_constants import dataset_info
 from pipeline import metric
 from pipeline.inference import eval_dataset, predict_split
 from pipeline.networks import build_adapter, build_disnet
 from pipeline.text_embeddings import text_embeddings_from_config
-from dataset.ess_loader import ESSSceneDataset
-from dataset.label_constants import dataset_info
 from util.checkpoint import load_checkpoint
 from util.config import resolve_config
 

@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 
 
-
 class EmbeddingAdapter(nn.Module):
     """Adapter + frozen text classifier. ``adapt(x)`` -> adapted embeddings; ``forward(x)`` -> logits."""
 

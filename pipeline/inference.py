@@ -138,8 +138,8 @@ def _collate_one(batch, collate_eval):
 def eval_dataset(cfg, split):
     """Every point of every scene of ``split``, with the voxeliser's inverse map: upstream's Point3DLoader with
     ``eval_all=True`` and ``aug=False`` (the voxeliser still rotates / scales at random, as upstream)."""
-    from dataset.point_loader import Point3DLoader
     from dataset.label_constants import dataset_info
+    from dataset.point_loader import Point3DLoader
     return Point3DLoader(datapath_prefix=cfg.data_root, voxel_size=cfg.voxel_size, split=split, aug=False,
                          eval_all=True, input_color=cfg.input_color, seed=cfg.manual_seed,
                          num_classes=dataset_info(cfg.labelset).num_classes)

@@ -122,6 +122,7 @@ def label_palette(info, names):
     if [n.lower() for n in names] == [n.lower() for n in info.labels]:
         return [tuple(int(v) for v in c) for c in info.palette]
     import colorsys
+
     import matplotlib
     base = [tuple(int(255 * v + 0.5) for v in matplotlib.colormaps['tab20'](i)[:3]) for i in range(20)]
     if len(names) <= 20:

@@ -296,6 +296,7 @@ def frame_input_files(frames, scene, args):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     from tqdm import tqdm
+
     from dataset.formats import list_scenes, load_scene_3d, scene_name
     from util.misc import get_device
     from util.provenance import OutputManifest, files_fingerprint

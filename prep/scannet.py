@@ -237,6 +237,7 @@ class SensorData:
 
 def _write_png(path, array):
     from PIL import Image
+
     from util.io import atomic_path
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format='PNG')
@@ -244,6 +245,7 @@ def _write_png(path, array):
 
 def _write_jpg(path, array, quality=95):
     from PIL import Image
+
     from util.io import atomic_path
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format='JPEG', quality=quality)

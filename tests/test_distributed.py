@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from helpers import make_tiny_dataset, train_argv
+
 from util import distributed as du
 from util.checkpoint import unwrap_model
 
@@ -73,8 +73,8 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     assert np.allclose(r0['summary']['train_loss'], r1['summary']['train_loss'])
     # the weights moved away from rank 0's initialisation (identical weights would be trivial otherwise)
     import train_esg
-    from util.config import load_config
     from pipeline.networks import build_disnet
+    from util.config import load_config
     from util.misc import set_seed
     cfg = load_config(argv, train_esg.SCHEMA)
     set_seed(cfg.manual_seed)  # what train() does before building the network

@@ -11,9 +11,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import ESG_TRAIN_CONFIG as TRAIN_CONFIG, make_tiny_dataset, train_argv
 
 from dataset.formats import save_scene_3d
-from helpers import ESG_TRAIN_CONFIG as TRAIN_CONFIG, make_tiny_dataset, train_argv
 from util.config import load_config
 
 pytestmark = pytest.mark.slow
@@ -26,8 +26,8 @@ def tiny(tmp_path_factory):
 
 
 def test_learning_rate_reproduces_upstream_quirk(tmp_path):
-    from train_esg import learning_rate
     import train_esg
+    from train_esg import learning_rate
     root = str(tmp_path)
     cfg = load_config(['--config', TRAIN_CONFIG, *make_tiny_dataset(root, n_train=1, n_val=1), 'base_lr', '1e-4',
                        'power', '0.9', 'esg_targets', os.path.join(root, 'feat')], train_esg.SCHEMA)

@@ -4,16 +4,16 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import (ESS_DIM as D, ESS_EVAL_CONFIG as EVAL_CFG, ESS_POINTS as N, ESS_TRAIN_CONFIG as TRAIN_CFG,
+                     ess_overrides as data_overrides, make_ess_data as make_data, train_ess as train)
 
 import eval_openseg_pre_train
 import train_openseg_pre_train
 from dataset import formats
-from dataset.ess_loader import ESSPointDataset, EpochShuffleSampler
+from dataset.ess_loader import EpochShuffleSampler, ESSPointDataset
 from pipeline.networks import build_adapter
 from util.checkpoint import load_checkpoint, save_checkpoint
 from util.config import load_config
-from helpers import ESS_DIM as D, ESS_EVAL_CONFIG as EVAL_CFG, ESS_POINTS as N, ESS_TRAIN_CONFIG as TRAIN_CFG
-from helpers import ess_overrides as data_overrides, make_ess_data as make_data, train_ess as train
 
 
 @pytest.fixture(scope='module')

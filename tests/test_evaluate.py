@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import EVAL_CONFIG, NUM_CLASSES, make_tiny_dataset, train_argv
 
 from dataset.formats import list_scenes, load_scene_3d, scene_name
-from helpers import EVAL_CONFIG, NUM_CLASSES, make_tiny_dataset, train_argv
 from pipeline.metric import evaluate as metric_evaluate
 
 pytestmark = pytest.mark.slow
@@ -125,6 +125,7 @@ def test_results_of_another_checkpoint_are_never_mixed(trained, tmp_path):
 
 def test_nan_colour_in_a_val_scene_is_an_error_naming_it(trained, tmp_path):
     import shutil
+
     import evaluate
     from dataset.formats import FormatError
     root, data, _ = trained

@@ -13,11 +13,11 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from helpers import config, ess_overrides, make_ess_data, make_plg_data, plg_args, train_ess
 
 import eval_openseg_pre_train
 import train_openseg_pre_train
 from dataset import formats
-from helpers import config, ess_overrides, make_ess_data, make_plg_data, plg_args, train_ess
 from util import io as uio
 from util.checkpoint import load_checkpoint
 from util.config import ConfigError, load_config
@@ -343,8 +343,9 @@ def test_esg_skips_a_batch_it_cannot_train_on_and_names_the_scenes():
 
 
 def test_esg_training_goes_on_past_a_one_point_scene_and_an_uncovered_scene(tmp_path):
-    import train_esg
     from helpers import make_tiny_dataset, train_argv
+
+    import train_esg
     root = str(tmp_path)
     data = make_tiny_dataset(root, n_train=3, n_val=1)
     scenes = sorted(os.listdir(os.path.join(root, '3d', 'train')))

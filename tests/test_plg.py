@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import make_plg_data as make_dataset, plg_args as args_for
 
 from dataset import formats
 from dataset.label_constants import dataset_info
-from helpers import make_plg_data as make_dataset, plg_args as args_for
 from vlm_ps_generation import generation_vlm as gv
 
 INFO = dataset_info('scannet')

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from dataset import formats
-from prep.frames import resize_intrinsic, scannet_intrinsic
-from prep.fusion import fuse_features
 from dataset.label_constants import S3DIS_LABELS_13, SCANNET_LABELS_20
 from prep import s3dis, scannet
-from prep.frames import resize_nearest
+from prep.frames import resize_intrinsic, resize_nearest, scannet_intrinsic
+from prep.fusion import fuse_features
 
 
 # ----------------------------------------------------------------------------- ScanNet 3D

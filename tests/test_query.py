@@ -7,11 +7,11 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import EVAL_CONFIG, make_tiny_dataset, train_argv
 from plyfile import PlyData, PlyElement
 
 from dataset.formats import list_scenes, load_fused_features, load_scene_3d, save_scene_3d, scene_name
 from dataset.label_constants import dataset_info
-from helpers import EVAL_CONFIG, make_tiny_dataset, train_argv
 from util.config import load_config
 
 pytestmark = pytest.mark.slow
@@ -123,6 +123,7 @@ def test_free_text_through_open_clip_and_query_embeddings(trained, tmp_path):
     """A query that is not a class name is encoded by open_clip (a tiny random model in the network's 512-d
     space); the same embedding given as query_embeddings gives the same scores."""
     import open_clip
+
     import query
     from pipeline.text_embeddings import encode_class_names
     root, data = trained
@@ -202,8 +203,8 @@ def test_own_scans_ply_mesh_and_pth(trained):
 def test_large_scans_run_in_tiles(trained, monkeypatch):
     """max_voxels cuts a voxelisation into tiles with a margin of context; inside the tiles the prediction is
     the whole scene's (the U-Net's receptive field is larger than the margin, so not everywhere)."""
-    import query
     import pipeline.inference as inference
+    import query
     root, data = trained
     calls = []
     original = inference.forward_voxels

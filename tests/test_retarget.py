@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import ROOT, make_tiny_s3dis
 
 import eval_openseg_pre_train
 import evaluate
 import train_esg
 import train_openseg_pre_train
-from helpers import ROOT, make_tiny_s3dis
 from vlm_ps_generation import generation_vlm
 
 pytestmark = pytest.mark.slow

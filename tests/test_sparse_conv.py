@@ -8,12 +8,11 @@ which is exactly the sparse rule ``output q reads input q + offset_i``.
 import pytest
 import torch
 import torch.nn.functional as Fn
+from helpers import B, G, random_sparse
 
 import models.sparse as ME
 from models.sparse import kmap
 from models.sparse.kmap import kernel_offsets
-
-from helpers import B, G, random_sparse
 
 
 def to_dense(coords, feats, side, stride=1):

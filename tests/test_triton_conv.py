@@ -17,13 +17,14 @@ from models.sparse.triton.kernels import interpreting  # noqa: E402
 if not torch.cuda.is_available() and not interpreting():
     pytest.skip('no CUDA, and triton was imported before TRITON_INTERPRET=1 was set', allow_module_level=True)
 
+from helpers import random_sparse  # noqa: E402
+
 import models.sparse as ME  # noqa: E402
 from models.sparse import dispatch, settings  # noqa: E402
 from models.sparse.reference import reference_sparse_conv  # noqa: E402
 from models.sparse.triton import kernels, plan  # noqa: E402
 from models.sparse.triton.conv import triton_sparse_conv  # noqa: E402
 from models.sparse.triton.plan import mask_order, neighbour_table, tile_occupancy  # noqa: E402
-from helpers import random_sparse  # noqa: E402
 
 pytestmark = pytest.mark.triton
 

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import EVAL_CONFIG, make_tiny_dataset
+
 from util.config import load_config
 
 pytestmark = pytest.mark.slow
@@ -43,6 +43,7 @@ def experiment(tmp_path_factory):
     """<root>/exp/best.pth (random weights) and <root>/exp/result_eval/eval_config.yaml: an experiment folder
     laid out as run/esg.sh and run/eval.sh leave it."""
     import torch
+
     from pipeline.networks import build_disnet
     from util.checkpoint import save_checkpoint
     root = str(tmp_path_factory.mktemp('viewer'))
@@ -145,8 +146,8 @@ def test_viewer_draws_points_legend_and_a_live_query(experiment, tmp_path):
 
 
 def test_viewer_folder_resolution(experiment, tmp_path):
-    from viewer.data import resolve_folder
     from util.config import ConfigError
+    from viewer.data import resolve_folder
     config, checkpoint = resolve_folder(experiment)
     assert config.endswith(os.path.join('result_eval', 'eval_config.yaml'))
     assert checkpoint == os.path.join(experiment, 'best.pth')

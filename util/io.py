@@ -162,6 +162,7 @@ def _numpy_safe_globals():
     """The numpy objects a pickled ndarray refers to, under numpy 1.x and 2.x module names."""
     import numpy.dtypes  # noqa: F401  (registers dtype classes such as Float32DType)
     from numpy._core.multiarray import _reconstruct, scalar
+
     # files written under numpy 1.x name the same functions under 'numpy.core'
     objects = [_reconstruct, (_reconstruct, 'numpy.core.multiarray._reconstruct'),
                scalar, (scalar, 'numpy.core.multiarray.scalar'), np.ndarray, np.dtype]

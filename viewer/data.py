@@ -67,8 +67,8 @@ class ViewerData:
     """Scenes, their predictions and embeddings, and live queries against them."""
 
     def __init__(self, cfg, device='cpu', max_points=150_000, logger=None):
-        from query import build_dataset, check_dimensions
         from pipeline import query as q
+        from query import build_dataset, check_dimensions
         self.cfg, self.device, self.max_points, self.logger = cfg, torch.device(device), int(max_points), logger
         self.info = dataset_info(cfg.labelset)
         self.labels = q.parse_names(cfg.labels, 'labels') or list(self.info.labels)

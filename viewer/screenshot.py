@@ -118,6 +118,7 @@ def wait_until_stable(browser, timeout=90, settle=0.5, min_changed=0, reference=
 
 def save_png(image, path):
     from PIL import Image
+
     from util.io import atomic_path
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format='png')

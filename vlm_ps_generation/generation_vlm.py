@@ -37,16 +37,16 @@ import torch
 from dataset import formats
 from dataset.label_constants import IGNORE_LABEL, dataset_info, feature_dim
 from dataset.voxelizer import sparse_quantize
-from pipeline.keys import POSITIVE_INT, NON_NEGATIVE_INT, dataset_keys, run_keys, text_keys
+from pipeline.keys import NON_NEGATIVE_INT, POSITIVE_INT, dataset_keys, run_keys, text_keys
+from pipeline.metric import confusion_matrix, evaluate_confusion, format_table
+from pipeline.pseudo_labels import pseudo_labels_from_features, scene_label_mask
+from pipeline.text_embeddings import text_embeddings_from_config
 from util.config import Key, Schema, load_config
 from util.io import atomic_write_text
-from pipeline.metric import confusion_matrix, evaluate_confusion, format_table
 from util.misc import get_device
 from util.progress import progress
 from util.provenance import OutputManifest, array_digest, code_version, file_digest
 from util.run_folder import RunFolder
-from pipeline.text_embeddings import text_embeddings_from_config
-from pipeline.pseudo_labels import pseudo_labels_from_features, scene_label_mask
 
 SCHEMA = Schema('PLG: pseudo labels from fused 2D features and CLIP text embeddings', [
     *dataset_keys(),

@@ -4,11 +4,11 @@ Upstream model code ports line for line: ``import models.sparse as ME`` then ``M
 ``ME.MinkowskiConvolution``, ``ME.MinkowskiConvolutionTranspose``, ``ME.MinkowskiBatchNorm``,
 ``ME.MinkowskiReLU``, ``ME.cat``.
 """
-from models.sparse.kmap import KernelGenerator, KernelMap, kernel_offsets
-from models.sparse.tensor import CoordinateManager, CoordinateMapKey, SparseTensor, features_at_points
-from models.sparse.modules import BatchNorm, Convolution, ConvolutionTranspose, ReLU, cat
 from models.sparse.dispatch import sparse_conv
 from models.sparse.engine import get_engine
+from models.sparse.kmap import KernelGenerator, KernelMap, kernel_offsets
+from models.sparse.modules import BatchNorm, Convolution, ConvolutionTranspose, ReLU, cat
+from models.sparse.tensor import CoordinateManager, CoordinateMapKey, SparseTensor, features_at_points
 
 MinkowskiConvolution = Convolution
 MinkowskiConvolutionTranspose = ConvolutionTranspose
