@@ -6,7 +6,10 @@
 A sparse 3D U-Net (DisNet = MinkUNet18A, input: point colours on 2 cm voxels) regresses, for every voxel
 that has one, the ESS-adapted ("indoor-aware") embedding written by ``eval_openseg_pre_train.py``:
     loss = mean over covered voxels of (1 - cos(f_3D(v), e_ESS(v)))        (or L1, ``loss_type: l1``)
-Voxels no view saw get no loss; the network fills them from geometry and colour. Validation scores
+Voxels no view saw get no loss; the network fills them from geometry and colour.
+``loss_type: supervised_ce`` is not the method but its ceiling: the same network trained with the
+cross-entropy of ``f_3D(v) @ T^T`` against the ground-truth label of every annotated voxel (no 2D
+feature used), the fully supervised line of the paper's tables. Validation scores
 argmax(f_3D(v) @ T^T) per point against GT through ``util.inference.predict_split``, the very code
 ``evaluate.py`` runs. ``best.pth`` (by val mIoU) and ``last.pth`` go to ``save_path``;
 ``resume <save_path>/last.pth`` continues exactly (the data order and the augmentations of an epoch
@@ -29,7 +32,7 @@ from util.config import load_config
 from util.inference import eval_dataset, forward_voxels, predict_split
 from util.io import atomic_write_text
 from util.logger import get_logger
-from util.losses import distillation_loss
+from util.losses import LOSS_TYPES, SUPERVISED_LOSS, distillation_loss, supervised_cross_entropy
 from util.metric import evaluate_confusion, format_table
 from util.misc import AverageMeter, Timer, format_eta, set_seed
 from util.tensorboard import close_writer, create_writer, log_scalars
@@ -68,13 +71,13 @@ def epoch_seed(cfg, epoch, rank):
 
 
 # ----------------------------------------------------------------------------- one epoch / validation
-def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer):
+def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer, text_embeddings):
     model.train()
     loss_meter, step_time = AverageMeter(), AverageMeter()
     steps = len(loader)
     lr = learning_rate(epoch * steps, cfg, max_iter)  # returned as is if the loader is empty
     end = time.perf_counter()
-    for i, (coords, feats, _labels, feat_3d, mask) in enumerate(loader):
+    for i, (coords, feats, labels, feat_3d, mask) in enumerate(loader):
         step = epoch * steps + i
         lr = learning_rate(step, cfg, max_iter)
         for group in optimizer.param_groups:
@@ -82,11 +85,14 @@ def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_it
         # as upstream: a random integer shift of the whole batch, so stride-2 pooling sees another grid
         coords[:, 1:4] += (torch.rand(3) * 100).type_as(coords)
         output = forward_voxels(model, coords, feats, device, cfg.amp)
-        mask = mask.to(device)
-        if int(mask.sum()) != feat_3d.shape[0]:
-            raise RuntimeError(f'the loader returned {feat_3d.shape[0]} ESS embeddings for {int(mask.sum())} '
-                               f'covered voxels; dataset/feature_loader.py is inconsistent')
-        loss = distillation_loss(output[mask], feat_3d.to(device), cfg.loss_type)
+        if cfg.loss_type == SUPERVISED_LOSS:  # the ceiling: GT labels of every annotated voxel, no 2D feature
+            loss = supervised_cross_entropy(output, labels.to(device), text_embeddings)
+        else:
+            mask = mask.to(device)
+            if int(mask.sum()) != feat_3d.shape[0]:
+                raise RuntimeError(f'the loader returned {feat_3d.shape[0]} ESS embeddings for {int(mask.sum())} '
+                                   f'covered voxels; dataset/feature_loader.py is inconsistent')
+            loss = distillation_loss(output[mask], feat_3d.to(device), cfg.loss_type)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -126,6 +132,8 @@ def validate(model, val_set, text_embeddings, cfg, device, dist_info):
 def train(cfg, dist_info, device, logger):
     """The whole stage on one process of ``dist_info`` -> (model, summary dict)."""
     set_seed(cfg.manual_seed)
+    if cfg.loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, found '{cfg.loss_type}'")
     info = dataset_info(cfg.labelset)
     text_embeddings = text_embeddings_from_config(cfg, info, 'cpu')
 
@@ -170,7 +178,8 @@ def train(cfg, dist_info, device, logger):
         set_seed(epoch_seed(cfg, epoch, dist_info.rank))
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
-        loss, lr = train_one_epoch(model, train_loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer)
+        loss, lr = train_one_epoch(model, train_loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer,
+                                   text_embeddings)
         loss = du.all_reduce_mean(loss, device=device if device.type == 'cuda' else 'cpu')
         losses.append(loss)
         # without validation (evaluate False) best.pth follows last.pth, so evaluation configs still find it
@@ -201,7 +210,8 @@ def train(cfg, dist_info, device, logger):
         logger.info('last validation:\n' + format_table(last_result))
     close_writer(writer)
     summary = {'best_val_miou': best_miou if history else None, 'val_miou': history, 'train_loss': losses,
-               'epochs': cfg.epochs, 'steps': max_iter, 'arch_3d': cfg.arch_3d, 'batch_size': cfg.batch_size,
+               'epochs': cfg.epochs, 'steps': max_iter, 'steps_per_epoch': len(train_loader),
+               'arch_3d': cfg.arch_3d, 'batch_size': cfg.batch_size, 'loss_type': cfg.loss_type,
                'world_size': dist_info.world_size, 'wall_time_s': timer.elapsed()}
     if du.is_main_process():
         atomic_write_text(os.path.join(cfg.save_path, 'esg_summary.json'), json.dumps(summary, indent=2))
