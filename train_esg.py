@@ -6,7 +6,10 @@
 A sparse 3D U-Net (DisNet = MinkUNet18A, input: point colours on 2 cm voxels) regresses, for every voxel
 that has one, the ESS-adapted ("indoor-aware") embedding written by ``eval_openseg_pre_train.py``:
     loss = mean over covered voxels of (1 - cos(f_3D(v), e_ESS(v)))        (or L1, ``loss_type: l1``)
-Voxels no view saw get no loss; the network fills them from geometry and colour. Validation scores
+Voxels no view saw get no loss; the network fills them from geometry and colour.
+``loss_type: supervised_ce`` is not the method but its ceiling: the same network trained with the
+cross-entropy of ``f_3D(v) @ T^T`` against the ground-truth label of every annotated voxel (no 2D
+feature used), the fully supervised line of the paper's tables. Validation scores
 argmax(f_3D(v) @ T^T) per point against GT through ``pipeline.inference.predict_split``, the very code
 ``evaluate.py`` runs. ``best.pth`` (by val mIoU) and ``last.pth`` go to ``save_path``;
 ``resume <save_path>/last.pth`` continues exactly (the data order and the augmentations of an epoch
@@ -24,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from dataset.label_constants import dataset_info
+from dataset.label_constants import IGNORE_LABEL, dataset_info
 from models.sparse.settings import configure_from
 from util import distributed as du
 from util.checkpoint import load_checkpoint, repair_best, save_best_and_last, unwrap_model
@@ -34,7 +37,7 @@ from util.config import Key, Schema, load_config
 from pipeline.networks import build_disnet
 from pipeline.inference import eval_dataset, forward_voxels, predict_split
 from util.io import atomic_write_text
-from pipeline.losses import distillation_loss
+from pipeline.losses import LOSS_TYPES, SUPERVISED_LOSS, distillation_loss, supervised_cross_entropy
 from pipeline.metric import evaluate_confusion, format_table, per_class_scalars
 from util.misc import AverageMeter, batch_scene_names, Timer, format_eta, set_seed
 from util.run_folder import RunFolder
@@ -50,7 +53,8 @@ SCHEMA = Schema('ESG: distil the ESS embeddings into a 3D sparse U-Net', [
         hint='run ESS inference first (run/ess_eval.sh)'),
     Key('aug', bool, True, 'training augmentation (rotation, scale, flip, colour), as upstream', 'DATA'),
     *network_keys(),
-    Key('loss_type', str, 'cosine', 'cosine: mean(1 - cos(f, e_ESS)) | l1', 'ESG', **one_of('cosine', 'l1')),
+    Key('loss_type', str, 'cosine', 'cosine: mean(1 - cos(f, e_ESS)) | l1 | supervised_ce (not the method: the '
+        'fully supervised ceiling, cross-entropy on GT labels)', 'ESG', **one_of(*LOSS_TYPES)),
     Key('batch_size', int, 4, 'scenes per step, summed over processes (upstream 4)', 'ESG', **POSITIVE_INT),
     Key('base_lr', float, 0.0001, 'Adam learning rate', 'ESG', **POSITIVE),
     Key('power', float, 0.9, 'poly decay (1 - step / steps) ** power', 'ESG', **NON_NEGATIVE),
@@ -105,11 +109,12 @@ def epoch_seed(cfg, epoch, rank):
 COARSEST_STRIDE = 16  # MinkUNet's four stride-2 levels: BatchNorm there needs >= 2 voxels in a batch
 
 
-def unusable_batch(coords, mask):
-    """Why a batch cannot train the network (None if it can): no voxel with an ESS embedding (the loss is
-    empty), or a single voxel at the coarsest level (BatchNorm needs two values per channel in training)."""
+def unusable_batch(coords, mask, target='an ESS embedding (no 2D view covers them)'):
+    """Why a batch cannot train the network (None if it can): no voxel with a target (``mask``: an ESS
+    embedding, or a GT label for the supervised ceiling; the loss is empty), or a single voxel at the
+    coarsest level (BatchNorm needs two values per channel in training)."""
     if not bool(mask.any()):
-        return 'no voxel of these scenes has an ESS embedding (no 2D view covers them)'
+        return f'no voxel of these scenes has {target}'
     coarse = torch.cat([coords[:, :1], torch.div(coords[:, 1:4], COARSEST_STRIDE, rounding_mode='floor')], 1)
     if torch.unique(coarse, dim=0).shape[0] < 2:
         return (f'{coords.shape[0]} voxels fall into one voxel at the coarsest level (stride {COARSEST_STRIDE}), too '
@@ -138,14 +143,14 @@ def validation_epochs(cfg, start=0):
 
 
 def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer, batch_scenes,
-                    validation_left=lambda: 0.0):
+                    text_embeddings, validation_left=lambda: 0.0):
     """One epoch; ``validation_left()`` estimates the seconds the remaining validations take (for the ETA)."""
     model.train()
     loss_meter, step_time = AverageMeter(), AverageMeter()
     steps = len(loader)
     lr = learning_rate(epoch * steps, cfg, max_iter)  # returned as is if the loader is empty
     end = time.perf_counter()
-    for i, (coords, feats, _labels, feat_3d, mask) in enumerate(loader):
+    for i, (coords, feats, labels, feat_3d, mask) in enumerate(loader):
         step = epoch * steps + i
         lr = learning_rate(step, cfg, max_iter)
         for group in optimizer.param_groups:
@@ -155,15 +160,20 @@ def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_it
         if int(mask.sum()) != feat_3d.shape[0]:
             raise RuntimeError(f'the loader returned {feat_3d.shape[0]} ESS embeddings for {int(mask.sum())} '
                                f'covered voxels; dataset/feature_loader.py is inconsistent')
+        supervised = cfg.loss_type == SUPERVISED_LOSS  # the ceiling: GT labels of every annotated voxel, no 2D feature
+        why = (unusable_batch(coords, labels != IGNORE_LABEL, 'a GT label') if supervised else
+               unusable_batch(coords, mask))
         # every rank must take the same decision, or DDP's gradient all-reduce would wait forever
-        why = unusable_batch(coords, mask)
         if du.any_rank(why is not None, device=device if device.type == 'cuda' else 'cpu'):
             logger.warning(f'epoch {epoch + 1} step {i + 1}: skipped, '
                            + (f'scenes {", ".join(batch_scenes(i))}: {why}' if why else 'a batch on another process '
                               'cannot be trained on'))
             continue
         output = forward_voxels(model, coords, feats, device, cfg.amp)
-        loss = distillation_loss(output[mask.to(device)], feat_3d.to(device), cfg.loss_type)
+        if supervised:
+            loss = supervised_cross_entropy(output, labels.to(device), text_embeddings)
+        else:
+            loss = distillation_loss(output[mask.to(device)], feat_3d.to(device), cfg.loss_type)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(non_finite_loss_message(loss.item(), epoch, i, batch_scenes(i), feats, feat_3d,
                                                              model, cfg.amp))
@@ -253,6 +263,7 @@ def train(cfg, dist_info, device, logger):
         left = len(validation_epochs(cfg, epoch)) if val_set is not None else 0
         loss, lr = train_one_epoch(model, train_loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer,
                                    batch_scene_names(sampler, train_set.scene_name, cfg.batch_size // dist_info.world_size),
+                                   text_embeddings,
                                    lambda: left * (sum(val_seconds) / len(val_seconds) if val_seconds else 0.0))
         loss = du.all_reduce_mean(loss, device=device if device.type == 'cuda' else 'cpu')
         losses.append(loss)
@@ -288,7 +299,8 @@ def train(cfg, dist_info, device, logger):
         logger.info('last validation:\n' + format_table(last_result))
     close_writer(writer)
     summary = {'best_val_miou': best_miou if history else None, 'val_miou': history, 'train_loss': losses,
-               'epochs': cfg.epochs, 'steps': max_iter, 'arch_3d': cfg.arch_3d, 'batch_size': cfg.batch_size,
+               'epochs': cfg.epochs, 'steps': max_iter, 'steps_per_epoch': len(train_loader),
+               'arch_3d': cfg.arch_3d, 'batch_size': cfg.batch_size, 'loss_type': cfg.loss_type,
                'world_size': dist_info.world_size, 'wall_time_s': timer.elapsed()}
     if du.is_main_process():
         atomic_write_text(os.path.join(cfg.save_path, 'esg_summary.json'), json.dumps(summary, indent=2))

@@ -5,7 +5,13 @@ the *shape* and the *failure modes* of the real inputs, written in the exact on-
 
 - ``<out>/<name>_3d/{train,val}/<scene>.pth``: procedural rooms made of labelled boxes and vertical
   cylinders (floor, walls, ceiling for S3DIS, furniture), points sampled uniformly on the visible
-  surfaces, per-class base colours with per-object and per-point noise, a few % of points 255.
+  surfaces, a few % of points 255. Furniture is built from parts with the sizes, heights and placements
+  of real rooms (chairs with seat, legs and back around tables and at desks, table and desk tops at
+  72-76 cm, coffee tables in front of sofas, beds with headboard and pillows beside nightstands, base
+  cabinets under a countertop with wall cabinets above, doors with frames, open or closed, windows with
+  frame, sill and sparse glass, pleated curtains...), so that a 3D network can tell classes apart by
+  shape; each object's colour is drawn from a class palette that shares materials with other classes
+  (wood, white, fabric), so that colour alone cannot.
 - ``<out>/<name>_text_embeddings.npy``: C x D unit rows whose pairwise cosine similarities mimic CLIP
   text embeddings (confusable classes 0.8-0.9, the rest 0.6-0.75; CLIP's are never orthogonal).
 - ``<out>/<name>_multiview/<scene>_0.pt``: fused 2D features as multi-view fusion produces them. Simulated
@@ -121,6 +127,7 @@ class Primitive:
     color: np.ndarray        # base RGB in [0, 1] of the object
     faces: Tuple[int, ...] = (0, 1, 2, 3, 4, 5)
     feature_class: int = -1  # class the simulated 2D model sees (differs from class_id only for 255 objects)
+    density: float = 1.0     # relative point density of its surfaces (glass: few depth returns)
 
     def face_areas(self):
         size = self.hi - self.lo
@@ -151,18 +158,38 @@ class Room:
         return cyl, lo, hi, cls
 
 
-# Base colours (RGB 0-1): realistic and partly shared (wood furniture, white sanitary ware), so colour
-# helps the 3D network without deciding the class on its own.
-BASE_COLORS = {
-    'wall': (0.82, 0.80, 0.75), 'floor': (0.55, 0.42, 0.30), 'cabinet': (0.60, 0.46, 0.32),
-    'bed': (0.78, 0.78, 0.84), 'chair': (0.32, 0.32, 0.38), 'sofa': (0.45, 0.36, 0.50),
-    'table': (0.58, 0.43, 0.30), 'door': (0.66, 0.52, 0.36), 'window': (0.62, 0.74, 0.88),
-    'bookshelf': (0.50, 0.36, 0.22), 'picture': (0.55, 0.45, 0.45), 'counter': (0.76, 0.75, 0.72),
-    'desk': (0.56, 0.44, 0.32), 'curtain': (0.72, 0.62, 0.50), 'refrigerator': (0.90, 0.90, 0.92),
-    'shower curtain': (0.85, 0.90, 0.95), 'toilet': (0.95, 0.95, 0.95), 'sink': (0.90, 0.90, 0.92),
-    'bathtub': (0.94, 0.94, 0.95), 'otherfurniture': (0.50, 0.45, 0.40), 'ceiling': (0.90, 0.90, 0.88),
-    'beam': (0.85, 0.85, 0.82), 'column': (0.80, 0.79, 0.75), 'bookcase': (0.50, 0.36, 0.22),
-    'board': (0.93, 0.94, 0.95), 'clutter': (0.50, 0.48, 0.45), 'unannotated': (0.45, 0.45, 0.45)}
+# Colour palettes (RGB 0-1): every object draws one entry of its class' palette plus a small jitter. The
+# palettes overlap as in real scans: wood tones are shared by floors, tables, desks, cabinets, shelves,
+# doors and chairs; white by walls, doors, cabinets, counters and sanitary ware; fabrics by sofas, chairs,
+# beds and curtains. Colour narrows the class down without deciding it: a 3D network has to use the
+# shapes, sizes, heights and placements below (pipeline/colour_baseline.py measures what colour alone gives).
+WOOD = ((0.74, 0.60, 0.44), (0.60, 0.45, 0.31), (0.45, 0.31, 0.20), (0.34, 0.23, 0.16), (0.56, 0.33, 0.24))
+WHITE = ((0.92, 0.92, 0.90), (0.85, 0.83, 0.78))
+GREY = ((0.70, 0.70, 0.71), (0.50, 0.50, 0.52), (0.30, 0.30, 0.32))
+BLACK = ((0.14, 0.14, 0.15),)
+FABRIC = ((0.76, 0.70, 0.60), (0.32, 0.40, 0.56), (0.56, 0.24, 0.24), (0.36, 0.46, 0.36), (0.42, 0.29, 0.21),
+          (0.28, 0.28, 0.31), (0.62, 0.60, 0.62))
+PASTEL = ((0.85, 0.80, 0.70), (0.76, 0.81, 0.86), (0.79, 0.83, 0.73), (0.88, 0.82, 0.78))
+STEEL = ((0.68, 0.70, 0.72),)
+GLASS = ((0.50, 0.60, 0.70), (0.42, 0.46, 0.50))
+CLASS_PALETTES = {
+    'wall': WHITE + PASTEL + GREY[:1], 'floor': WOOD[:4] + GREY[:2] + ((0.78, 0.74, 0.66), (0.45, 0.48, 0.55)),
+    'ceiling': WHITE, 'cabinet': WOOD + WHITE + GREY, 'bed': WHITE + FABRIC + PASTEL,
+    'chair': BLACK + GREY + WOOD[1:4] + FABRIC[1:4] + WHITE[:1], 'sofa': FABRIC,
+    'table': WOOD + WHITE[:1] + BLACK + GREY[1:2], 'door': WOOD[:4] + WHITE + GREY[:1],
+    'window': WHITE[:1] + BLACK + WOOD[1:2], 'bookshelf': WOOD[:4] + WHITE[:1] + BLACK,
+    'counter': WHITE[:1] + GREY + BLACK + ((0.80, 0.75, 0.65),) + WOOD[:1], 'desk': WOOD + WHITE[:1] + BLACK + GREY[:1],
+    'curtain': FABRIC + PASTEL + WHITE[1:], 'refrigerator': WHITE + STEEL + BLACK, 'shower curtain': WHITE + PASTEL,
+    'toilet': WHITE, 'sink': WHITE + STEEL, 'bathtub': WHITE,
+    'otherfurniture': WOOD + WHITE[:1] + BLACK + GREY + FABRIC[1:3],
+    'beam': WHITE + GREY[:1], 'column': WHITE + GREY[:1], 'bookcase': WOOD[:4] + WHITE[:1] + BLACK,
+    'board': ((0.93, 0.94, 0.95), (0.20, 0.30, 0.25)),
+    # parts with their own materials
+    'glass': GLASS, 'metal': STEEL + BLACK + GREY[2:], 'frame': WOOD + WHITE[:1] + BLACK + GREY[:1],
+}
+ANY_COLOUR = ('picture', 'clutter', 'unannotated', 'books')  # pictures, books and small objects: any colour
+COLOUR_JITTER = 0.035   # per-object deviation from the palette entry (dye lots, lighting, white balance)
+GLASS_DENSITY = 0.3     # relative point density on glass: depth sensors get few returns from it
 
 # Room types: classes always present and classes present with probability 0.6. The first four types of
 # each dataset together contain every class, so any split of >= 4 scenes has every class in its GT.
@@ -208,32 +235,39 @@ class _Builder:
     def class_id(self, name):
         return IGNORE_LABEL if name == 'unannotated' else self.info.labels.index(name)
 
+    def material(self, name):
+        """An RGB colour drawn from ``CLASS_PALETTES[name]`` (any colour for pictures, books, small objects)."""
+        if name in ANY_COLOUR:
+            base = self.rng.uniform(0.15, 0.9, 3)
+        else:
+            palette = CLASS_PALETTES[name]
+            base = np.array(palette[int(self.rng.integers(len(palette)))])
+        return np.clip(base + self.rng.normal(0, COLOUR_JITTER, 3), 0, 1)
+
     def object_color(self, name):
-        base = np.array(BASE_COLORS[name])
-        if name == 'picture':  # pictures are any colour
-            base = self.rng.uniform(0.2, 0.9, 3)
-        return np.clip(base + self.rng.normal(0, 0.05, 3), 0, 1)
+        return self.material(name)
 
     def new_object(self, name):
         self.next_object += 1
         return self.next_object - 1, self.object_color(name)
 
-    def box(self, name, lo, hi, obj, color, faces=(0, 1, 2, 3, 4, 5), feature_name=None):
+    def box(self, name, lo, hi, obj, color, faces=(0, 1, 2, 3, 4, 5), feature_name=None, density=1.0):
         lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
         assert np.all(hi > lo), (name, lo, hi)
         if lo[2] <= 1e-6:  # a face resting on the floor is never scanned
             faces = tuple(f for f in faces if f != 4)
-        self._add('box', name, lo, hi, obj, color, faces, feature_name)
+        self._add('box', name, lo, hi, obj, color, faces, feature_name, density)
 
     def cylinder(self, name, cx, cy, r, z0, z1, obj, color, feature_name=None):
         faces = (0, 2) if z0 <= 1e-6 else (0, 1, 2)
         self._add('cylinder', name, np.array([cx - r, cy - r, z0]), np.array([cx + r, cy + r, z1]), obj, color,
-                  faces, feature_name)
+                  faces, feature_name, 1.0)
 
-    def _add(self, kind, name, lo, hi, obj, color, faces, feature_name):
+    def _add(self, kind, name, lo, hi, obj, color, faces, feature_name, density):
         cid = self.class_id(name)
         fcls = self.class_id(feature_name) if feature_name else cid
-        self.primitives.append(Primitive(kind, lo, hi, cid, obj, color, tuple(faces), fcls))
+        self.primitives.append(Primitive(kind, lo, hi, cid, obj, np.asarray(color, np.float64), tuple(faces), fcls,
+                                         float(density)))
 
     # -- placement
     def free(self, rect, margin=0.05):
@@ -257,8 +291,14 @@ class _Builder:
     def wall_length(self, wall):
         return self.size[1] if wall in (0, 1) else self.size[0]
 
-    def place_against_wall(self, width, depth, tries=60, walls=(0, 1, 2, 3)):
-        """A free footprint against a random wall: (wall, rect) or None."""
+    def wall_clash(self, wall, s, width, z0, z1, margin=0.05):
+        """Does [s, s+width] x [z0, z1] on ``wall`` overlap a door, window, picture, cabinet... already there?"""
+        return any(w == wall and s < b1 + margin and a0 < s + width + margin and z0 < d1 and c0 < z1
+                   for w, a0, b1, c0, d1 in self.wall_spans)
+
+    def place_against_wall(self, width, depth, tries=60, walls=(0, 1, 2, 3), height=None):
+        """A free footprint against a random wall: (wall, rect) or None. With ``height``, the object also keeps
+        clear of what hangs on that wall below its top (no wardrobe in front of a window) and claims its span."""
         for _ in range(tries):
             wall = int(self.rng.choice(walls))
             length = self.wall_length(wall)
@@ -266,7 +306,9 @@ class _Builder:
                 continue
             s = self.rng.uniform(0, length - width)
             rect = self.wall_rect(wall, s, width, depth)
-            if self.free(rect):
+            if self.free(rect) and (height is None or not self.wall_clash(wall, s, width, 0.0, height)):
+                if height is not None:
+                    self.wall_spans.append((wall, s, s + width, 0.0, height))
                 return wall, rect
         return None
 
@@ -311,47 +353,95 @@ class _Builder:
         return (s, Y - t1, z0), (s + width, Y - t0, z1)
 
 
-# -- furniture builders: each adds the primitives of one object and returns True when it was placed
-def _legs(b, name, rect, z_top, obj, color, inset=0.05, thick=0.05, round_legs=False):
+# -- furniture builders: each adds the primitives of one object and returns its placement (None if it did not fit).
+# Sizes and heights are those of real furniture (seat 42-48 cm, table and desk tops 72-76 cm, counters 86-92 cm,
+# beds 50-60 cm with a headboard, wall cabinets from 1.4 m up); parts of an object share its object id and
+# may have their own material (metal legs, bedding on a wooden frame, glass in a window frame).
+def _along(wall, rect):
+    """Start of a wall-anchored footprint along its wall (the wall_box coordinate s)."""
+    x0, y0, x1, y1 = rect
+    return y0 if wall in (0, 1) else x0
+
+
+def _part(b, name, wall, s0, a0, a1, t0, t1, z0, z1, obj, color, feature_name=None, density=1.0):
+    """A box of a wall-anchored object: [a0, a1] along the wall from s0, [t0, t1] metres from it, [z0, z1] high."""
+    lo, hi = b.wall_box(wall, s0 + a0, a1 - a0, z0, z1, t0, t1)
+    b.box(name, lo, hi, obj, color, feature_name=feature_name, density=density)
+
+
+def _legs(b, name, rect, z_top, obj, color, inset=0.05, thick=0.05, round_legs=False, z0=0.0):
     x0, y0, x1, y1 = rect
     for lx in (x0 + inset, x1 - inset - thick):
         for ly in (y0 + inset, y1 - inset - thick):
             if round_legs:
-                b.cylinder(name, lx + thick / 2, ly + thick / 2, thick / 2, 0.0, z_top, obj, color)
+                b.cylinder(name, lx + thick / 2, ly + thick / 2, thick / 2, z0, z_top, obj, color)
             else:
-                b.box(name, (lx, ly, 0.0), (lx + thick, ly + thick, z_top), obj, color)
+                b.box(name, (lx, ly, z0), (lx + thick, ly + thick, z_top), obj, color)
 
 
-def build_table(b, name='table', rect=None, height=None):
+def build_table(b, name='table', rect=None, kind=None):
+    """Tables stand free (dining, round, coffee table in front of a sofa); desks stand against a wall, often
+    with a drawer pedestal and a modesty panel. Returns the footprint."""
     rng = b.rng
-    w, d = (rng.uniform(1.8, 3.2), rng.uniform(1.0, 1.4)) if name == 'table' and b.info.name == 's3dis' \
-        else (rng.uniform(0.9, 1.6), rng.uniform(0.6, 0.9))
+    if name == 'desk':
+        w, d, h = rng.uniform(1.1, 1.6), rng.uniform(0.6, 0.8), rng.uniform(0.72, 0.76)
+        placed = b.place_against_wall(w, d, height=h)
+        if placed is None:
+            return None
+        wall, rect = placed
+        obj, color = b.new_object('desk')
+        s0 = _along(wall, rect)
+        _part(b, 'desk', wall, s0, 0, w, 0, d, h - 0.03, h, obj, color)                     # top
+        pedestal = rng.random() < 0.6
+        side = 0.0 if rng.random() < 0.5 else w - 0.42
+        if pedestal:  # drawers under one side, with handles
+            _part(b, 'desk', wall, s0, side + 0.01, side + 0.41, 0.02, d - 0.03, 0.0, h - 0.03, obj, color)
+            for z in np.linspace(0.15, h - 0.15, 3):
+                _part(b, 'desk', wall, s0, side + 0.15, side + 0.27, d - 0.03, d, z, z + 0.02, obj, b.material('metal'))
+        if rng.random() < 0.5:  # modesty panel at the back
+            _part(b, 'desk', wall, s0, 0.03, w - 0.03, 0.02, 0.04, 0.3, h - 0.03, obj, color)
+        legs = [(0.02, 0.07), (w - 0.07, w - 0.02)]
+        for a0, a1 in legs:
+            if pedestal and side <= a0 < side + 0.42:
+                continue
+            for t0 in (0.03, d - 0.08):
+                _part(b, 'desk', wall, s0, a0, a1, t0, t0 + 0.05, 0.0, h - 0.03, obj, color)
+        b.floor_rects.append(rect)
+        return rect
+    if kind is None:
+        kind = 'conference' if b.info.name == 's3dis' else str(rng.choice(['dining', 'dining', 'round']))
+    dims = {'dining': (rng.uniform(1.1, 1.8), rng.uniform(0.75, 1.0), rng.uniform(0.72, 0.76)),
+            'round': (2 * rng.uniform(0.45, 0.6),) * 2 + (rng.uniform(0.72, 0.76),),
+            'coffee': (rng.uniform(0.9, 1.3), rng.uniform(0.5, 0.7), rng.uniform(0.40, 0.46)),
+            'conference': (rng.uniform(1.8, 3.2), rng.uniform(1.0, 1.4), rng.uniform(0.72, 0.76))}[kind]
+    w, d, h = dims
     if rect is None:
-        rect = b.place_free(w, d) if name == 'table' else None
+        rect = b.place_free(w, d)
         if rect is None:
-            placed = b.place_against_wall(w, d)
-            if placed is None:
-                return None
-            rect = placed[1]
-    h = height or rng.uniform(0.72, 0.78)
+            return None
     obj, color = b.new_object(name)
     x0, y0, x1, y1 = rect
-    b.box(name, (x0, y0, h - 0.04), (x1, y1, h), obj, color)
-    if name == 'desk' and rng.random() < 0.6:  # a drawer pedestal under one side
-        px = x0 if rng.random() < 0.5 else x1 - 0.4
-        b.box(name, (px, y0 + 0.02, 0.0), (px + 0.4, y1 - 0.02, h - 0.04), obj, color)
-        _legs(b, name, (x0, y0, x1, y1), h - 0.04, obj, color, round_legs=False)
+    if kind == 'round':  # round top on a central column and a foot
+        cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+        b.cylinder(name, cx, cy, r, h - 0.03, h, obj, color)
+        b.cylinder(name, cx, cy, 0.05, 0.04, h - 0.03, obj, color)
+        b.cylinder(name, cx, cy, 0.28, 0.0, 0.04, obj, color)
     else:
-        _legs(b, name, rect, h - 0.04, obj, color, round_legs=rng.random() < 0.4)
+        b.box(name, (x0, y0, h - 0.03), (x1, y1, h), obj, color)
+        metal = rng.random() < 0.4
+        _legs(b, name, rect, h - 0.03, obj, b.material('metal') if metal else color,
+              inset=0.04, thick=0.05, round_legs=rng.random() < 0.4)
+        if kind == 'coffee' and rng.random() < 0.5:  # a lower shelf
+            b.box(name, (x0 + 0.09, y0 + 0.09, 0.12), (x1 - 0.09, y1 - 0.09, 0.14), obj, color)
     b.floor_rects.append(rect)
     return rect
 
 
-def build_chair(b, near_rect=None, name='chair'):
+def _chair_rect(b, near_rect, s):
+    """A free square footprint of side s beside a table side (facing it) or anywhere: (rect, back side)."""
     rng = b.rng
-    s = rng.uniform(0.42, 0.5)
     for _ in range(40):
-        if near_rect is not None:  # beside a table side, facing it
+        if near_rect is not None:
             x0, y0, x1, y1 = near_rect
             side = int(rng.integers(4))
             if side in (0, 1):
@@ -361,123 +451,298 @@ def build_chair(b, near_rect=None, name='chair'):
                 cx = rng.uniform(x0, max(x0, x1 - s))
                 cy = y0 - s - 0.05 if side == 2 else y1 + 0.05
             rect = (cx, cy, cx + s, cy + s)
-            back = side  # the back is on the side away from the table
             if b.free(rect, margin=0.02):
-                break
+                return rect, side  # the back is on the side away from the table
         else:
             rect = b.place_free(s, s, tries=1, margin=0.2)
-            back = int(rng.integers(4))
             if rect is not None:
-                break
-    else:
+                return rect, int(rng.integers(4))
+    return None, None
+
+
+def _back_box(rect, back, t, z0, z1, inset=0.0):
+    x0, y0, x1, y1 = rect
+    return {0: ((x0, y0 + inset, z0), (x0 + t, y1 - inset, z1)), 1: ((x1 - t, y0 + inset, z0), (x1, y1 - inset, z1)),
+            2: ((x0 + inset, y0, z0), (x1 - inset, y0 + t, z1)), 3: ((x0 + inset, y1 - t, z0), (x1 - inset, y1, z1))}[back]
+
+
+def build_chair(b, near_rect=None, name='chair', kind=None):
+    """Dining chairs (four legs, seat 42-48 cm, back to 80-95 cm), office chairs (a five-star foot read as a disc,
+    a column, seat and back) and armchairs (an upholstered seat with arms, a one-seat sofa)."""
+    rng = b.rng
+    if kind is None:
+        kind = str(rng.choice(['dining', 'office'])) if b.info.name == 'scannet' else 'office'
+    s = {'dining': rng.uniform(0.42, 0.5), 'office': rng.uniform(0.5, 0.6), 'armchair': rng.uniform(0.75, 0.9)}[kind]
+    rect, back = _chair_rect(b, near_rect, s)
+    if rect is None:
         return None
     obj, color = b.new_object(name)
     x0, y0, x1, y1 = rect
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     seat = rng.uniform(0.42, 0.48)
-    b.box(name, (x0, y0, seat - 0.05), (x1, y1, seat), obj, color)
-    _legs(b, name, rect, seat - 0.05, obj, color, inset=0.02, thick=0.035, round_legs=rng.random() < 0.5)
-    top = seat + rng.uniform(0.35, 0.45)
-    t = 0.04
-    backs = {0: ((x0, y0, seat), (x0 + t, y1, top)), 1: ((x1 - t, y0, seat), (x1, y1, top)),
-             2: ((x0, y0, seat), (x1, y0 + t, top)), 3: ((x0, y1 - t, seat), (x1, y1, top))}
-    b.box(name, *backs[back], obj, color)
+    if kind == 'dining':
+        b.box(name, (x0, y0, seat - 0.04), (x1, y1, seat), obj, color)
+        _legs(b, name, rect, seat - 0.04, obj, color, inset=0.02, thick=0.035, round_legs=rng.random() < 0.5)
+        b.box(name, *_back_box(rect, back, 0.035, seat, seat + rng.uniform(0.35, 0.47)), obj, color)
+    elif kind == 'office':
+        metal = b.material('metal')
+        b.cylinder(name, cx, cy, s / 2, 0.0, 0.06, obj, metal)              # the star foot, seen as a disc
+        b.cylinder(name, cx, cy, 0.03, 0.06, seat - 0.07, obj, metal)        # gas column
+        b.box(name, (x0 + 0.03, y0 + 0.03, seat - 0.07), (x1 - 0.03, y1 - 0.03, seat), obj, color)
+        b.box(name, *_back_box(rect, back, 0.06, seat + 0.12, seat + rng.uniform(0.5, 0.65), inset=0.06), obj, color)
+    else:  # armchair
+        b.box(name, (x0, y0, 0.08), (x1, y1, 0.42), obj, color)
+        b.box(name, *_back_box(rect, back, 0.18, 0.42, rng.uniform(0.8, 0.95)), obj, color)
+        for side in ((0, 1) if back in (2, 3) else (2, 3)):
+            b.box(name, *_back_box(rect, side, 0.14, 0.42, 0.62), obj, color)
+        _legs(b, name, rect, 0.08, obj, b.material('frame'), inset=0.04, thick=0.04)
     b.floor_rects.append(rect)
     return rect
 
 
-def build_wall_furniture(b, name):
-    """Floor-standing objects with their back against a wall."""
+def build_cabinet(b, kind):
+    """Cabinets as they stand in rooms: a wardrobe, a low cabinet, kitchen wall cabinets mounted from 1.4 m up,
+    a bathroom mirror cabinet; doors show as a split line and handles."""
     rng = b.rng
+    w, d, z0, z1 = {'wardrobe': (rng.uniform(0.9, 1.6), rng.uniform(0.55, 0.62), 0.0, rng.uniform(1.8, 2.1)),
+                    'low': (rng.uniform(0.6, 1.2), rng.uniform(0.4, 0.5), 0.0, rng.uniform(0.7, 1.0)),
+                    'wall': (rng.uniform(0.6, 1.4), rng.uniform(0.32, 0.38), rng.uniform(1.42, 1.5), 0.0),
+                    'mirror': (rng.uniform(0.5, 0.8), rng.uniform(0.12, 0.16), rng.uniform(1.15, 1.3), 0.0)}[kind]
+    if kind in ('wall', 'mirror'):
+        z1 = min(b.size[2] - 0.15, z0 + (0.75 if kind == 'wall' else 0.6))
+        placed = b.place_on_wall(w, z0, z1)
+        if placed is None:
+            return None
+        wall, s0 = placed
+        b.wall_spans.append((wall, s0, s0 + w, z0, z1))
+    else:
+        placed = b.place_against_wall(w, d, height=z1)
+        if placed is None:
+            return None
+        wall, rect = placed
+        s0 = _along(wall, rect)
+        b.floor_rects.append(rect)
+    obj, color = b.new_object('cabinet')
+    _part(b, 'cabinet', wall, s0, 0, w, 0, d, z0 + (0.08 if kind != 'wall' and kind != 'mirror' else 0), z1, obj, color)
+    if kind in ('wardrobe', 'low'):  # recessed plinth
+        _part(b, 'cabinet', wall, s0, 0.03, w - 0.03, 0, d - 0.05, 0.0, 0.08, obj, color)
+    doors = max(1, int(round(w / 0.5)))
+    handle = b.material('metal')
+    for k in range(doors):
+        a = (k + 0.5) * w / doors + (0.12 if k % 2 == 0 else -0.12) * (doors > 1)
+        zc = {'wardrobe': 1.0, 'low': z1 - 0.12, 'wall': z0 + 0.08, 'mirror': (z0 + z1) / 2}[kind]
+        _part(b, 'cabinet', wall, s0, a - 0.01, a + 0.01, d, d + 0.025, zc - 0.07, zc + 0.07, obj, handle)
+    return wall, s0, w
+
+
+def build_counter(b, room_type, with_cabinets):
+    """A run of base cabinets under a countertop (ScanNet labels the top 'counter', the base 'cabinet'), with a
+    toe-kick recess; without cabinets in the room the whole block is the counter. Kitchens get wall cabinets
+    above. Returns (wall, rect, height) of the run."""
+    rng = b.rng
+    w = rng.uniform(1.8, 3.2) if room_type == 'kitchen' else rng.uniform(0.8, 1.3)
+    d = rng.uniform(0.58, 0.64) if room_type == 'kitchen' else rng.uniform(0.48, 0.55)
+    h = rng.uniform(0.86, 0.92) if room_type == 'kitchen' else rng.uniform(0.8, 0.86)
+    placed = b.place_against_wall(w, d, height=h)
+    if placed is None:
+        return None
+    wall, rect = placed
+    s0 = _along(wall, rect)
+    base_name = 'cabinet' if with_cabinets else 'counter'
+    obj, color = b.new_object('counter')
+    base_obj, base_color = b.new_object(base_name) if with_cabinets else (obj, b.material('counter'))
+    _part(b, 'counter', wall, s0, 0, w, 0, d, h - 0.035, h, obj, color)                       # the top
+    _part(b, base_name, wall, s0, 0, w, 0, d - 0.04, 0.1, h - 0.035, base_obj, base_color)    # the base
+    _part(b, base_name, wall, s0, 0, w, 0, d - 0.1, 0.0, 0.1, base_obj, base_color)           # toe kick
+    if with_cabinets:
+        handle = b.material('metal')
+        for k in range(max(1, int(w / 0.6))):
+            a = (k + 0.5) * w / max(1, int(w / 0.6))
+            _part(b, 'cabinet', wall, s0, a - 0.07, a + 0.07, d - 0.04, d - 0.015, h - 0.13, h - 0.11, base_obj, handle)
+    b.floor_rects.append(rect)
+    if room_type == 'kitchen' and with_cabinets:  # wall cabinets over the run
+        z0, z1 = rng.uniform(1.42, 1.5), min(b.size[2] - 0.15, 2.25)
+        a0 = rng.uniform(0.0, 0.3)
+        a1 = w - rng.uniform(0.0, 0.3)
+        clash = any(wl == wall and s0 + a0 < e1 and e0 < s0 + a1 and z0 < f1 and f0 < z1
+                    for wl, e0, e1, f0, f1 in b.wall_spans)
+        if not clash:
+            cobj, ccolor = b.new_object('cabinet')
+            _part(b, 'cabinet', wall, s0, a0, a1, 0, 0.35, z0, z1, cobj, ccolor)
+            b.wall_spans.append((wall, s0 + a0, s0 + a1, z0, z1))
+    return wall, rect, h
+
+
+OTHER_FURNITURE = {'bedroom': ('dresser', 'nightstand', 'bin'), 'kitchen': ('bin', 'stool'),
+                   'living': ('tv stand', 'dresser', 'bin', 'stool'), 'bathroom': ('bin',)}
+
+
+def build_wall_furniture(b, name, room_type=None):
+    """Floor-standing objects with their back against a wall: bookshelves, refrigerators, sofas, beds,
+    bathtubs, toilets, other furniture (dressers, nightstands, TV stands, bins, stools), S3DIS clutter."""
+    rng = b.rng
+    kind = None
+    if name == 'otherfurniture':
+        kinds = OTHER_FURNITURE.get(room_type, ('dresser', 'bin', 'stool'))
+        kind = str(kinds[int(rng.integers(len(kinds)))])
     dims = {  # width along the wall, depth, height
-        'cabinet': (rng.uniform(0.6, 1.4), rng.uniform(0.4, 0.6), rng.uniform(0.8, 2.0)),
         'bookshelf': (rng.uniform(0.8, 1.6), rng.uniform(0.3, 0.4), rng.uniform(1.5, 2.1)),
         'bookcase': (rng.uniform(0.8, 1.6), rng.uniform(0.3, 0.4), rng.uniform(1.5, 2.1)),
-        'refrigerator': (rng.uniform(0.6, 0.8), rng.uniform(0.65, 0.75), rng.uniform(1.6, 1.9)),
-        'counter': (rng.uniform(1.6, 3.0), rng.uniform(0.55, 0.65), rng.uniform(0.88, 0.94)),
-        'otherfurniture': (rng.uniform(0.4, 0.9), rng.uniform(0.35, 0.5), rng.uniform(0.45, 1.0)),
-        'sofa': (rng.uniform(1.6, 2.3), rng.uniform(0.8, 0.95), 0.85),
-        'bed': (rng.uniform(1.3, 1.8), rng.uniform(1.9, 2.1), 0.55),
+        'refrigerator': (rng.uniform(0.6, 0.8), rng.uniform(0.65, 0.75), rng.uniform(1.7, 1.9)),
+        'sofa': (rng.uniform(1.7, 2.3), rng.uniform(0.85, 0.95), rng.uniform(0.8, 0.9)),
+        'bed': (rng.uniform(1.4, 1.8), rng.uniform(2.0, 2.15), rng.uniform(0.5, 0.6)),
         'bathtub': (rng.uniform(1.5, 1.8), rng.uniform(0.7, 0.8), rng.uniform(0.5, 0.6)),
-        'toilet': (0.45, 0.7, 0.8),
+        'toilet': (0.4, 0.68, 0.8),
         'clutter': (rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.5), rng.uniform(0.3, 0.9)),
-    }[name]
+        'nightstand': (rng.uniform(0.4, 0.55), rng.uniform(0.35, 0.45), rng.uniform(0.5, 0.62)),
+        'dresser': (rng.uniform(0.8, 1.2), rng.uniform(0.42, 0.5), rng.uniform(0.8, 1.0)),
+        'tv stand': (rng.uniform(1.2, 1.8), rng.uniform(0.38, 0.45), rng.uniform(0.42, 0.55)),
+        'bin': (rng.uniform(0.25, 0.35),) * 2 + (rng.uniform(0.4, 0.6),),
+        'stool': (rng.uniform(0.32, 0.4),) * 2 + (rng.uniform(0.45, 0.65),),
+    }[kind or name]
     w, d, h = dims
-    placed = b.place_against_wall(w, d)
+    placed = b.place_against_wall(w, d, height=max(h, 1.0) if name == 'bed' else h)
     if placed is None:
         return None
     wall, rect = placed
     obj, color = b.new_object(name)
     x0, y0, x1, y1 = rect
-    X, Y = b.size[:2]
+    s0 = _along(wall, rect)
 
-    def toward_room(t0, t1, z0, z1, s0=None, s1=None):
-        """Sub-box of the footprint between t0 and t1 metres from the wall (and s0..s1 along it)."""
-        along = (y0, y1) if wall in (0, 1) else (x0, x1)
-        a0 = along[0] if s0 is None else along[0] + s0
-        a1 = along[1] if s1 is None else along[0] + s1
-        return b.wall_box(wall, a0, a1 - a0, z0, z1, t0, t1)
+    def part(a0, a1, t0, t1, z0, z1, col=None, n=name):
+        _part(b, n, wall, s0, a0, a1, t0, t1, z0, z1, obj, color if col is None else col)
 
     if name in ('bookshelf', 'bookcase'):
         p = 0.02
-        b.box(name, *toward_room(0, p, 0, h), obj, color)                    # back panel
-        b.box(name, *toward_room(0, d, 0, h, 0, p), obj, color)              # side panels
-        b.box(name, *toward_room(0, d, 0, h, w - p, w), obj, color)
+        part(0, w, 0, p, 0, h)                                       # back panel
+        part(0, p, 0, d, 0, h)                                       # side panels
+        part(w - p, w, 0, d, 0, h)
         n = int(rng.integers(3, 6))
         for z in np.linspace(0.0, h - p, n + 1):
-            b.box(name, *toward_room(p, d, z, z + p, p, w - p), obj, color)  # shelves
-            if z < h - 0.3 and rng.random() < 0.7:  # books: the same class in ScanNet/S3DIS annotations
+            part(p, w - p, p, d, z, z + p)                           # shelves
+            if z < h - 0.3 and rng.random() < 0.8:  # books: the same class in ScanNet/S3DIS annotations
                 bw = rng.uniform(0.2, w - 0.1)
-                b.box(name, *toward_room(p, d * rng.uniform(0.6, 0.9), z + p, z + p + rng.uniform(0.15, 0.25),
-                                         0.03, 0.03 + bw), obj, b.object_color('picture'))
+                part(0.03, 0.03 + bw, p, d * rng.uniform(0.6, 0.9), z + p, z + p + rng.uniform(0.15, 0.25),
+                     col=b.material('books'))
+    elif name == 'refrigerator':
+        part(0, w, 0, d, 0.02, h)
+        handle = b.material('metal')
+        split = rng.uniform(0.55, 0.65) * h if rng.random() < 0.7 else None
+        for z0, z1 in (((split + 0.05, split + 0.4), (split - 0.5, split - 0.1)) if split else ((0.9, 1.5),)):
+            part(w - 0.09, w - 0.06, d, d + 0.04, z0, z1, col=handle)
     elif name == 'sofa':
-        b.box(name, *toward_room(0, d, 0, 0.42), obj, color)
-        b.box(name, *toward_room(0, 0.22, 0.42, h), obj, color)
-        b.box(name, *toward_room(0.22, d, 0.42, 0.62, 0, 0.16), obj, color)
-        b.box(name, *toward_room(0.22, d, 0.42, 0.62, w - 0.16, w), obj, color)
+        legs = 0.08
+        part(0, w, 0, d, legs, 0.4)                                  # body
+        arm = rng.uniform(0.14, 0.22)
+        cushions = int(rng.integers(2, 4))
+        cw = (w - 2 * arm) / cushions
+        for k in range(cushions):                                    # seat cushions with gaps
+            part(arm + k * cw + 0.01, arm + (k + 1) * cw - 0.01, 0.22, d - 0.02, 0.4, 0.48)
+        part(0, w, 0, 0.22, 0.4, h)                                  # back
+        part(0, arm, 0.22, d, 0.4, 0.62)                             # arms
+        part(w - arm, w, 0.22, d, 0.4, 0.62)
+        for a in (0.05, w - 0.1):
+            for t in (0.05, d - 0.1):
+                part(a, a + 0.05, t, t + 0.05, 0.0, legs, col=b.material('frame'))
     elif name == 'bed':
-        b.box(name, *toward_room(0, d, 0.1, 0.3), obj, color)
-        b.box(name, *toward_room(0.0, d, 0.3, h), obj, b.object_color('bed'))  # mattress
-        b.box(name, *toward_room(0, 0.06, 0, 1.0), obj, color)               # headboard
-        for t in (0.05, d - 0.1):
-            for s in (0.05, w - 0.1):
-                b.box(name, *toward_room(t, t + 0.05, 0.0, 0.1, s, s + 0.05), obj, color)
+        frame = b.material('frame')
+        part(0, w, 0, d, 0.12, 0.32, col=frame)                      # frame
+        part(0.02, w - 0.02, 0.06, d, 0.32, h)                       # mattress and bedding
+        part(0, w, 0, 0.06, 0.0, rng.uniform(0.9, 1.2), col=frame)   # headboard
+        pw = (w - 0.2) / 2 if w > 1.2 else w - 0.2
+        for k in range(2 if w > 1.2 else 1):                          # pillows
+            part(0.1 + k * (pw + 0.0), 0.1 + k * pw + pw - 0.05, 0.1, 0.45, h, h + 0.12,
+                 col=b.material('bed'))
+        for a in (0.05, w - 0.1):
+            part(a, a + 0.05, 0.06, 0.11, 0.0, 0.12, col=frame)
+            part(a, a + 0.05, d - 0.1, d - 0.05, 0.0, 0.12, col=frame)
     elif name == 'bathtub':
         r = 0.08
-        b.box(name, *toward_room(0, d, 0, 0.12), obj, color)                  # bottom
-        b.box(name, *toward_room(0, r, 0.12, h), obj, color)
-        b.box(name, *toward_room(d - r, d, 0.12, h), obj, color)
-        b.box(name, *toward_room(r, d - r, 0.12, h, 0, r), obj, color)
-        b.box(name, *toward_room(r, d - r, 0.12, h, w - r, w), obj, color)
+        part(0, w, 0, d, 0, 0.12)                                    # bottom
+        part(0, w, 0, r, 0.12, h)
+        part(0, w, d - r, d, 0.12, h)
+        part(0, r, r, d - r, 0.12, h)
+        part(w - r, w, r, d - r, 0.12, h)
     elif name == 'toilet':
-        lo, hi = toward_room(0, 0.2, 0.4, 0.8, 0.0, w)                      # tank
-        b.box(name, lo, hi, obj, color)
-        clo, chi = toward_room(0.2, d, 0, 0.4, 0.0, w)
-        cx, cy = (clo[0] + chi[0]) / 2, (clo[1] + chi[1]) / 2
-        rad = min(chi[0] - clo[0], chi[1] - clo[1]) / 2
-        b.cylinder(name, cx, cy, rad * 0.8, 0.0, 0.38, obj, color)             # bowl
-        b.cylinder(name, cx, cy, rad, 0.38, 0.43, obj, color)                  # seat
-    elif name == 'counter':
-        b.box(name, *toward_room(0, d - 0.05, 0, h - 0.04), obj, color)
-        b.box(name, *toward_room(0, d, h - 0.04, h), obj, b.object_color('counter'))
+        part(0.0, w, 0, 0.2, 0.4, 0.8)                               # tank
+        lo, hi = b.wall_box(wall, s0, w, 0, 0.4, 0.2, d)
+        cx, cy = (lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2
+        rad = min(hi[0] - lo[0], hi[1] - lo[1]) / 2
+        b.cylinder(name, cx, cy, rad * 0.75, 0.0, 0.38, obj, color)  # bowl
+        b.cylinder(name, cx, cy, rad, 0.38, 0.43, obj, color)        # seat
+    elif kind == 'bin':
+        b.cylinder(name, (x0 + x1) / 2, (y0 + y1) / 2, w / 2, 0.0, h, obj, color)
+    elif kind == 'stool':
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        b.cylinder(name, cx, cy, w / 2, h - 0.04, h, obj, color)
+        _legs(b, name, (cx - w * 0.35, cy - w * 0.35, cx + w * 0.35, cy + w * 0.35), h - 0.04, obj, color,
+              inset=0.0, thick=0.03, round_legs=True)
+    elif kind in ('nightstand', 'dresser', 'tv stand'):
+        part(0, w, 0, d, 0.06, h)
+        part(0.03, w - 0.03, 0, d - 0.04, 0.0, 0.06)
+        handle = b.material('metal')
+        rows = {'nightstand': 1, 'dresser': 3, 'tv stand': 1}[kind]
+        for k in range(rows):
+            z = h - 0.1 - k * (h - 0.15) / max(rows, 1)
+            part(w / 2 - 0.06, w / 2 + 0.06, d, d + 0.02, z, z + 0.02, col=handle)
+        if kind == 'tv stand':  # a television on it (not one of the 20 classes: unannotated)
+            tv_w = min(w - 0.1, rng.uniform(0.9, 1.3))
+            a = (w - tv_w) / 2
+            tobj, tcol = b.new_object('unannotated')
+            _part(b, 'unannotated', wall, s0, a, a + tv_w, 0.1, 0.16, h + 0.05, h + 0.05 + tv_w * 0.58, tobj,
+                  b.material('metal'), feature_name='otherfurniture')
+            _part(b, 'unannotated', wall, s0, w / 2 - 0.15, w / 2 + 0.15, 0.05, 0.25, h, h + 0.05, tobj,
+                  b.material('metal'), feature_name='otherfurniture')
     else:
         b.box(name, (x0, y0, 0.0), (x1, y1, h), obj, color)
     b.floor_rects.append(rect)
     return wall, rect, h
 
 
+def build_nightstands(b, bed):
+    """One or two nightstands (other furniture) beside the head of the bed."""
+    wall, rect, _ = bed
+    s_bed = _along(wall, rect)
+    w_bed = (rect[3] - rect[1]) if wall in (0, 1) else (rect[2] - rect[0])
+    placed = []
+    for a in (-0.5, w_bed + 0.05):
+        if b.rng.random() < 0.3:
+            continue
+        w, d, h = b.rng.uniform(0.4, 0.5), b.rng.uniform(0.35, 0.42), b.rng.uniform(0.5, 0.62)
+        s = s_bed + a
+        if s < 0 or s + w > b.wall_length(wall):
+            continue
+        r = b.wall_rect(wall, s, w, d)
+        if not b.free(r, margin=0.0) or b.wall_clash(wall, s, w, 0.0, h):
+            continue
+        b.wall_spans.append((wall, s, s + w, 0.0, h))
+        obj, color = b.new_object('otherfurniture')
+        _part(b, 'otherfurniture', wall, s, 0, w, 0, d, 0.05, h, obj, color)
+        _part(b, 'otherfurniture', wall, s, 0.02, w - 0.02, 0, d - 0.04, 0.0, 0.05, obj, color)
+        _part(b, 'otherfurniture', wall, s, w / 2 - 0.05, w / 2 + 0.05, d, d + 0.02, h - 0.12, h - 0.1, obj,
+              b.material('metal'))
+        b.floor_rects.append(r)
+        placed.append(r)
+    return placed
+
+
 def build_sink(b, counter=None):
+    """A basin set into a counter top (with a tap), or a pedestal sink against a wall."""
     rng = b.rng
-    if counter is not None:  # a basin set into the top of a counter
+    if counter is not None:
         wall, rect, h = counter
-        x0, y0, x1, y1 = rect
         obj, color = b.new_object('sink')
-        w = 0.45
-        # centred on the counter, shifted along its length (the long side of the footprint)
-        cx = (x0 + x1) / 2 + rng.uniform(-0.2, 0.2) * (x1 - x0 > 1)
-        cy = (y0 + y1) / 2 + rng.uniform(-0.2, 0.2) * (y1 - y0 > 1)
-        b.box('sink', (cx - w / 2, cy - 0.2, h), (cx + w / 2, cy + 0.2, h + 0.12), obj, color)
+        s0 = _along(wall, rect)
+        length = (rect[3] - rect[1]) if wall in (0, 1) else (rect[2] - rect[0])
+        depth = (rect[2] - rect[0]) if wall in (0, 1) else (rect[3] - rect[1])
+        w = min(0.5, length - 0.1)
+        a = rng.uniform(0.05, max(0.05, length - w - 0.05))
+        # the rim of the basin, a little above the top, and the tap behind it
+        _part(b, 'sink', wall, s0, a, a + w, depth * 0.2, depth * 0.85, h, h + 0.05, obj, color)
+        _part(b, 'sink', wall, s0, a + w / 2 - 0.02, a + w / 2 + 0.02, depth * 0.08, depth * 0.18, h, h + 0.28, obj,
+              b.material('metal'))
         return True
-    placed = b.place_against_wall(0.5, 0.45)
+    placed = b.place_against_wall(0.5, 0.45, height=0.85)
     if placed is None:
         return None
     wall, rect = placed
@@ -491,43 +756,81 @@ def build_sink(b, counter=None):
 
 
 def build_wall_mounted(b, name, avoid_walls=()):
-    """Objects flat on a wall: door, window, picture, board (protrude a few cm)."""
+    """Objects on a wall: doors (a frame and a leaf, closed or open at 90 degrees into the room), windows (a
+    frame, a sill and sparse glass), pictures (a frame around a canvas), S3DIS boards."""
     rng = b.rng
     walls = tuple(w for w in range(4) if w not in avoid_walls) or (0, 1, 2, 3)
     H = b.size[2]
     if name == 'door':
-        w, z0, z1, t = rng.uniform(0.8, 1.0), 0.0, min(2.05, H - 0.1), 0.04
+        w, z0, z1 = rng.uniform(0.8, 0.95), 0.0, min(2.05, H - 0.15)
     elif name == 'window':
-        w, z0, z1, t = rng.uniform(0.9, 1.8), rng.uniform(0.8, 1.0), min(H - 0.2, rng.uniform(1.9, 2.2)), 0.04
+        w, z0, z1 = rng.uniform(0.9, 1.8), rng.uniform(0.8, 1.0), min(H - 0.2, rng.uniform(1.9, 2.2))
     elif name == 'picture':
         w = rng.uniform(0.4, 1.0)
         z0 = rng.uniform(1.2, 1.5)
-        z1, t = min(H - 0.2, z0 + rng.uniform(0.3, 0.7)), 0.02
+        z1 = min(H - 0.2, z0 + rng.uniform(0.3, 0.7))
     else:  # board (whiteboard / blackboard)
-        w, z0, z1, t = rng.uniform(1.2, 2.5), rng.uniform(0.8, 1.0), min(H - 0.3, 2.1), 0.02
+        w, z0, z1 = rng.uniform(1.2, 2.5), rng.uniform(0.8, 1.0), min(H - 0.3, 2.1)
+    open_door = name == 'door' and rng.random() < 0.4
     placed = b.place_on_wall(w, z0, z1, walls=walls, need_floor_free=(name == 'door'))
     if placed is None:
         return None
     wall, s = placed
+    if open_door and not b.free(b.wall_rect(wall, s, 0.06, w + 0.05), margin=0.0):
+        open_door = False
     obj, color = b.new_object(name)
-    b.box(name, *b.wall_box(wall, s, w, z0, z1, 0.0, t), obj, color)
+    if name == 'door':
+        trim = b.material('frame') if rng.random() < 0.5 else color
+        _part(b, 'door', wall, s, -0.07, 0.0, 0, 0.02, 0.0, z1 + 0.07, obj, trim)      # frame
+        _part(b, 'door', wall, s, w, w + 0.07, 0, 0.02, 0.0, z1 + 0.07, obj, trim)
+        _part(b, 'door', wall, s, 0.0, w, 0, 0.02, z1, z1 + 0.07, obj, trim)
+        if open_door:  # the leaf stands into the room at the hinge; the doorway shows the dark next room
+            _part(b, 'door', wall, s, 0.0, 0.04, 0.02, w + 0.02, 0.0, z1 - 0.01, obj, color)
+            _part(b, 'door', wall, s, 0.04, w, 0, 0.01, 0.0, z1, obj, (0.12, 0.12, 0.13), density=0.3)
+        else:
+            _part(b, 'door', wall, s, 0.0, w, 0, 0.04, 0.0, z1, obj, color)
+            _part(b, 'door', wall, s, w - 0.12, w - 0.05, 0.04, 0.09, 1.0, 1.05, obj, b.material('metal'))
+        b.floor_rects.append(b.wall_rect(wall, s, w, 0.8))  # keep the floor in front of a door free
+        if open_door:
+            b.floor_rects.append(b.wall_rect(wall, s, 0.06, w + 0.05))
+    elif name == 'window':
+        frame = color
+        _part(b, 'window', wall, s, 0, w, 0, 0.01, z0, z1, obj, b.material('glass'), density=GLASS_DENSITY)
+        for a0, a1, zz0, zz1 in ((-0.05, 0.0, z0, z1), (w, w + 0.05, z0, z1), (-0.05, w + 0.05, z1, z1 + 0.05)):
+            _part(b, 'window', wall, s, a0, a1, 0, 0.05, zz0, zz1, obj, frame)
+        if w > 1.2:  # a mullion
+            _part(b, 'window', wall, s, w / 2 - 0.02, w / 2 + 0.02, 0.01, 0.04, z0, z1, obj, frame)
+        _part(b, 'window', wall, s, -0.08, w + 0.08, 0, rng.uniform(0.12, 0.2), z0 - 0.04, z0, obj, frame)  # sill
+    elif name == 'picture':
+        frame = b.material('frame')
+        t = rng.uniform(0.02, 0.04)
+        fw = rng.uniform(0.03, 0.06)
+        _part(b, 'picture', wall, s, fw, w - fw, 0, t - 0.01, z0 + fw, z1 - fw, obj, color)  # canvas
+        for a0, a1, zz0, zz1 in ((0, fw, z0, z1), (w - fw, w, z0, z1), (fw, w - fw, z0, z0 + fw),
+                                 (fw, w - fw, z1 - fw, z1)):
+            _part(b, 'picture', wall, s, a0, a1, 0, t, zz0, zz1, obj, frame)
+    else:
+        _part(b, name, wall, s, 0, w, 0, 0.02, z0, z1, obj, color)
     b.wall_spans.append((wall, s, s + w, z0, z1))
-    if name == 'door':  # keep the floor in front of a door free
-        b.floor_rects.append(b.wall_rect(wall, s, w, 0.8))
     return wall, s, w, z0, z1
 
 
 def build_curtain(b, window, name='curtain'):
-    """Two curtain panels flanking a window, hanging from above it nearly to the floor."""
+    """Two pleated curtain panels flanking a window, hanging from above it nearly to the floor."""
     rng = b.rng
     wall, s, w, z0, z1 = window
     length = b.wall_length(wall)
     obj, color = b.new_object(name)
     top = min(b.size[2] - 0.05, z1 + 0.15)
-    bottom = rng.uniform(0.05, 0.4)
-    pw = rng.uniform(0.3, 0.5)
+    bottom = rng.uniform(0.03, 0.3)
+    pw = rng.uniform(0.35, 0.6)
     for a0 in (max(0.0, s - pw * 0.6), min(length - pw, s + w - pw * 0.4)):
-        b.box(name, *b.wall_box(wall, a0, pw, bottom, top, 0.06, 0.14), obj, color)
+        folds = int(rng.integers(3, 6))
+        fw = pw / folds
+        for k in range(folds):  # folds alternate in depth, as a hanging fabric
+            t0 = 0.16 if k % 2 else 0.09
+            _part(b, name, wall, a0, k * fw, (k + 1) * fw, t0, t0 + 0.04, bottom, top, obj, color)
+    b.wall_spans.append((wall, max(0.0, s - pw * 0.6), min(length, s + w + pw * 0.6), bottom, top))
     return True
 
 
@@ -561,7 +864,7 @@ def build_beams_columns(b, name):
             b.box(name, (0.0, y, H - dep), (X, y + wdt, H), obj, color, faces=(2, 3, 4))
         return True
     c = rng.uniform(0.3, 0.5)   # column: in a corner or against a wall, floor to ceiling
-    placed = b.place_against_wall(c, c)
+    placed = b.place_against_wall(c, c, height=H)
     if placed is None:
         return None
     wall, rect = placed
@@ -569,6 +872,14 @@ def build_beams_columns(b, name):
     b.box(name, (x0, y0, 0.0), (x1, y1, H), obj, color)
     b.floor_rects.append(rect)
     return True
+
+
+def _over(p: Primitive, x, y):
+    """Is (x, y) inside the footprint of primitive p (a box's rectangle, a cylinder's disc)?"""
+    if p.kind == 'box':
+        return p.lo[0] <= x <= p.hi[0] and p.lo[1] <= y <= p.hi[1]
+    c, r = (p.lo + p.hi) / 2, (p.hi[0] - p.lo[0]) / 2
+    return (x - c[0]) ** 2 + (y - c[1]) ** 2 <= r * r
 
 
 def build_clutter(b, tables, name='clutter', feature_name=None):
@@ -580,9 +891,7 @@ def build_clutter(b, tables, name='clutter', feature_name=None):
         if x1 - x0 > w + 0.1 and y1 - y0 > d + 0.1:
             cx, cy = rng.uniform(x0 + 0.05, x1 - w - 0.05), rng.uniform(y0 + 0.05, y1 - d - 0.05)
             # stand on the highest surface below 1.2 m under the object's corner (the table top)
-            top = max(p.hi[2] for p in b.primitives
-                      if p.kind == 'box' and p.lo[0] <= cx <= p.hi[0] and p.lo[1] <= cy <= p.hi[1]
-                      and p.hi[2] < 1.2)
+            top = max(p.hi[2] for p in b.primitives if p.hi[2] < 1.2 and _over(p, cx, cy))
             obj, color = b.new_object(name)
             b.box(name, (cx, cy, top), (cx + w, cy + d, top + h), obj, color, feature_name=feature_name)
             return True
@@ -622,6 +931,8 @@ def make_room(rng: np.random.Generator, info: DatasetInfo, room_type: Optional[s
 
     room_type: one of ``room_types(info.name)`` names (random when None). Classes 'always' present in
     that type are placed (retried until they fit); the optional ones with ``optional_probability``.
+    The furniture is arranged as in real rooms: chairs around tables and at desks, a coffee table in front
+    of the sofa, nightstands beside the bed, wall cabinets over the kitchen counter, curtains at a window.
     """
     types = {t[0]: t for t in room_types(info.name)}
     if room_type is None:
@@ -660,43 +971,85 @@ def make_room(rng: np.random.Generator, info: DatasetInfo, room_type: Optional[s
         for _ in range(int(rng.integers(1, 3))):
             build_beams_columns(b, 'beam')
     counter = None
-    for name_ in ('bed', 'bathtub', 'refrigerator', 'counter', 'sofa', 'bookshelf', 'bookcase', 'toilet',
-                  'cabinet', 'otherfurniture'):
+    if want('counter'):
+        counter = build_counter(b, room_type, with_cabinets=want('cabinet'))
+    sofa = None
+    for name_ in ('bed', 'bathtub', 'refrigerator', 'sofa', 'bookshelf', 'bookcase', 'toilet'):
         if want(name_):
-            count = 1 if name_ in ('bed', 'bathtub', 'refrigerator', 'counter', 'toilet') else int(rng.integers(1, 3))
+            count = 1 if name_ in ('bed', 'bathtub', 'refrigerator', 'toilet', 'sofa') else int(rng.integers(1, 3))
             for _ in range(count):
                 placed = build_wall_furniture(b, name_)
                 if name_ == 'bathtub' and placed is not None and want('shower curtain'):
                     build_shower_curtain(b, placed)
-                if name_ == 'counter' and placed is not None:
-                    counter = placed
+                if name_ == 'bed' and placed is not None and want('otherfurniture'):
+                    build_nightstands(b, placed)
+                if name_ == 'sofa':
+                    sofa = placed
     if want('sink'):
-        build_sink(b, counter if (counter is not None and room_type == 'kitchen') else None)
-    tables = []
-    for name_ in ('table', 'desk'):
-        if want(name_):
-            rect = build_table(b, name_)
-            if rect is not None:
-                tables.append(rect)
-    if want('chair'):
-        n = int(rng.integers(2, 7)) if info.name == 's3dis' or room_type == 'living' else int(rng.integers(1, 4))
-        for _ in range(n):
-            build_chair(b, tables[int(rng.integers(len(tables)))] if tables and rng.random() < 0.8 else None)
-    if want('picture'):
+        build_sink(b, counter if (counter is not None and room_type in ('kitchen', 'bathroom')) else None)
+    if want('cabinet'):
+        kinds = {'bedroom': ('wardrobe', 'low'), 'kitchen': ('wall', 'low'), 'living': ('low', 'wardrobe'),
+                 'bathroom': ('mirror', 'low')}.get(room_type, ('low',))
+        for k in range(1 if counter is not None and room_type == 'kitchen' else int(rng.integers(1, 3))):
+            build_cabinet(b, kinds[k % len(kinds)] if k else str(rng.choice(kinds)))
+    if want('otherfurniture'):
         for _ in range(int(rng.integers(1, 3))):
+            build_wall_furniture(b, 'otherfurniture', room_type)
+    tables = []
+    if want('table'):
+        if sofa is not None:  # a coffee table in front of the sofa
+            rect = _coffee_table_rect(b, sofa)
+            if rect is not None:
+                tables.append(('coffee', build_table(b, 'table', rect=rect, kind='coffee')))
+        if sofa is None or rng.random() < 0.6 or info.name == 's3dis':
+            tables.append(('table', build_table(b, 'table')))
+    desk = build_table(b, 'desk') if want('desk') else None
+    tables = [(k, r) for k, r in tables if r is not None]
+    if want('chair'):
+        if desk is not None:
+            build_chair(b, desk, kind='office')
+        dining = [r for k, r in tables if k == 'table']
+        if info.name == 's3dis' or room_type == 'living':
+            n = int(rng.integers(2, 7))
+        else:
+            n = int(rng.integers(2, 5)) if dining else int(rng.integers(1, 3))
+        for _ in range(n):
+            near = dining[int(rng.integers(len(dining)))] if dining and rng.random() < 0.85 else None
+            kind = 'armchair' if near is None and room_type == 'living' and rng.random() < 0.5 else None
+            build_chair(b, near, kind=kind)
+    if want('picture'):
+        for _ in range(int(rng.integers(1, 4))):
             build_wall_mounted(b, 'picture')
+    surfaces = [r for _, r in tables] + ([desk] if desk is not None else [])
     if want('clutter'):
         for _ in range(int(rng.integers(2, 6))):
-            build_clutter(b, tables)
+            build_clutter(b, surfaces)
     # Real scans hold objects nobody annotated (label 255); the 2D model still calls them something.
     fallback = 'otherfurniture' if info.name == 'scannet' else 'clutter'
     for _ in range(int(rng.integers(0, 3))):
-        build_clutter(b, tables, name='unannotated', feature_name=fallback)
+        build_clutter(b, surfaces, name='unannotated', feature_name=fallback)
     room = Room(name, info.name, room_type, size, b.primitives)
     room.camera_poses = make_camera_poses(rng, room, num_cameras)
     n = len(room.camera_poses)
     room.fusion_views = sorted(rng.choice(n, max(1, round(n * FUSION_FRAME_FRACTION)), replace=False).tolist())
     return room
+
+
+def _coffee_table_rect(b, sofa):
+    """The footprint of a coffee table 35-50 cm in front of the sofa, centred on it."""
+    wall, rect, _ = sofa
+    w, d = b.rng.uniform(0.9, 1.3), b.rng.uniform(0.5, 0.7)
+    gap = b.rng.uniform(0.35, 0.5)
+    x0, y0, x1, y1 = rect
+    if wall in (0, 1):
+        cy = (y0 + y1) / 2
+        x = x1 + gap if wall == 0 else x0 - gap - d
+        r = (x, cy - w / 2, x + d, cy + w / 2)
+    else:
+        cx = (x0 + x1) / 2
+        y = y1 + gap if wall == 2 else y0 - gap - d
+        r = (cx - w / 2, y, cx + w / 2, y + d)
+    return r if b.free(r, margin=0.05) else None
 
 
 # ----------------------------------------------------------------------------- cameras and ray casting
@@ -875,6 +1228,7 @@ def sample_points(rng, room: Room, num_points):
         for f, a in zip(p.faces, p.face_areas()):
             if f == (4 if p.kind == 'box' else 1) and p.lo[2] > 0.05:
                 a *= UNDERSIDE_DENSITY
+            a *= p.density
             areas.append(a)
             owners.append((i, f))
     areas = np.array(areas)
@@ -1134,6 +1488,8 @@ def make_synthetic_dataset(out, name, dataset='scannet', num_train=16, num_val=4
             scene_data = make_scene(info, text, rtype, scene, g, seed, points_per_scene, params, features)
             labels, feat, mask = scene_data['labels'], scene_data['feat'], scene_data['mask_full']
             save_fused_features(feat_path, torch.from_numpy(feat), torch.from_numpy(mask))
+            # the statistics describe the files as written (float16 features), as a re-run that reads them back
+            feat = torch.from_numpy(feat).half().float().numpy()
             save_scene_3d(scene_path, scene_data['coords'], scene_data['colors'], labels.astype(np.int64))
         result['scenes'][split].append(scene)
         preds[split].append(plg_pseudo_labels(feat, mask, labels, text, info.num_classes))

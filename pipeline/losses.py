@@ -52,10 +52,31 @@ def cosine_distance(output, target):
     return _CosineDistance.apply(_at_least_float32(output), _at_least_float32(target))
 
 
+DISTILLATION_LOSSES = ('cosine', 'l1')
+SUPERVISED_LOSS = 'supervised_ce'   # the fully supervised reference (the ceiling), not part of the method
+LOSS_TYPES = DISTILLATION_LOSSES + (SUPERVISED_LOSS,)
+
+
 def distillation_loss(output, target, loss_type):
     """ESG loss between the 3D network's features and the ESS embeddings of the same voxels."""
     if loss_type == 'cosine':
         return cosine_distance(output, target)
     if loss_type == 'l1':
         return torch.nn.functional.l1_loss(_at_least_float32(output), _at_least_float32(target))
-    raise ValueError(f"loss_type must be 'cosine' or 'l1', found '{loss_type}'")
+    raise ValueError(f"loss_type must be one of {DISTILLATION_LOSSES} for distillation, found '{loss_type}'")
+
+
+def supervised_cross_entropy(output, labels, text_embeddings, ignore_index=255):
+    """Cross-entropy of ``output @ T^T`` against ground-truth labels: the fully supervised 3D network.
+
+    The logits are exactly the ones evaluation takes the argmax of (util/inference.point_logits), so the
+    supervised network is scored by the same code as the distilled one. No temperature: the norm of the
+    output is free (the last layer is a plain linear map), so the network learns its own sharpness; the
+    text matrix T (rank C) only re-parameterises the usual C-way linear classifier.
+    output [V, D], labels int [V] (``ignore_index`` = unannotated), text_embeddings [C, D].
+    """
+    valid = labels != ignore_index
+    if not bool(valid.any()):
+        raise ValueError('supervised cross-entropy of zero labelled voxels: the batch has no annotated voxel')
+    logits = _at_least_float32(output[valid]) @ text_embeddings.to(output.device, torch.float32).t()
+    return torch.nn.functional.cross_entropy(logits, labels[valid].to(output.device))

@@ -49,6 +49,47 @@ def test_distillation_loss_values():
         distillation_loss(a, b, 'mse')
 
 
+def test_supervised_cross_entropy_scores_the_evaluation_logits():
+    """The ceiling's loss: cross-entropy of out @ T^T (the logits evaluation takes the argmax of) on the
+    annotated voxels only; a batch without any annotated voxel is an error, not a zero loss."""
+    from pipeline.losses import supervised_cross_entropy
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(6, 8, generator=g)
+    text = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=1)
+    labels = torch.tensor([0, 2, 255, 1, 255, 2])
+    keep = labels != 255
+    expected = torch.nn.functional.cross_entropy(out[keep] @ text.t(), labels[keep])
+    assert supervised_cross_entropy(out, labels, text).item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ValueError, match='annotated'):
+        supervised_cross_entropy(out, torch.full((6,), 255), text)
+
+
+def test_supervised_option_learns_from_labels_only(tiny):
+    """loss_type supervised_ce trains on GT labels, never reading the distillation targets: the same run with
+    the fused features replaced by noise gives the same weights."""
+    import train_esg
+    from util.io import safe_torch_load
+    root, data = tiny
+    noise_feat = os.path.join(root, 'noise_feat')
+    os.makedirs(noise_feat, exist_ok=True)
+    for name in os.listdir(os.path.join(root, 'feat')):
+        raw = torch.load(os.path.join(root, 'feat', name), weights_only=True)
+        save_fused_features(os.path.join(noise_feat, name), torch.randn(raw['feat'].shape), raw['mask_full'])
+    runs = []
+    for feat_root, out in ((os.path.join(root, 'feat'), 'sup_a'), (noise_feat, 'sup_b')):
+        overrides = list(data) + ['data_root_2d_fused_feature', feat_root]
+        summary = train_esg.main(train_argv(root, overrides, save_path=os.path.join(root, out), epochs=4,
+                                            evaluate=False, base_lr=3e-4, loss_type='supervised_ce'))
+        runs.append((summary, safe_torch_load(os.path.join(root, out, 'last.pth'), 'checkpoint')))
+    (summary, a), (_, b) = runs
+    assert summary['loss_type'] == 'supervised_ce'
+    assert summary['train_loss'][-1] < 0.7 * summary['train_loss'][0], summary['train_loss']
+    for key, value in a['state_dict'].items():
+        assert torch.equal(value, b['state_dict'][key]), key
+    with pytest.raises(ValueError, match='loss_type'):
+        train_esg.main(train_argv(root, data, save_path=os.path.join(root, 'bad'), loss_type='hinge'))
+
+
 def test_cosine_distance_equals_upstream_formula_and_its_gradients():
     """The fused cosine distance against upstream's (1 - nn.CosineSimilarity()(o, t)).mean() and gradcheck."""
     from pipeline.losses import cosine_distance
