@@ -29,21 +29,20 @@ from torch.utils.data.distributed import DistributedSampler
 
 from dataset.label_constants import IGNORE_LABEL, dataset_info
 from models.sparse.settings import configure_from
-from util import distributed as du
-from util.checkpoint import load_checkpoint, repair_best, save_best_and_last, unwrap_model
+from pipeline.inference import eval_dataset, forward_voxels, predict_split
 from pipeline.keys import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, network_keys, one_of, run_keys,
                            text_keys, workers_key)
-from util.config import Key, Schema, load_config
-from pipeline.networks import build_disnet
-from pipeline.inference import eval_dataset, forward_voxels, predict_split
-from util.io import atomic_write_text
 from pipeline.losses import LOSS_TYPES, SUPERVISED_LOSS, distillation_loss, supervised_cross_entropy
 from pipeline.metric import evaluate_confusion, format_table, per_class_scalars
-from util.misc import AverageMeter, batch_scene_names, Timer, format_eta, set_seed
+from pipeline.networks import build_disnet
+from pipeline.text_embeddings import text_embeddings_from_config
+from util import distributed as du
+from util.checkpoint import load_checkpoint, repair_best, save_best_and_last, unwrap_model
+from util.config import Key, Schema, load_config
+from util.io import atomic_write_text
+from util.misc import AverageMeter, Timer, batch_scene_names, format_eta, set_seed
 from util.run_folder import RunFolder
 from util.tensorboard import close_writer, create_writer, log_scalars
-from pipeline.text_embeddings import text_embeddings_from_config
-
 
 SCHEMA = Schema('ESG: distil the ESS embeddings into a 3D sparse U-Net', [
     *dataset_keys(),

@@ -3,7 +3,7 @@
 The project's PLG voxelises each scene in its own frame and scores in float32. Upstream's PLG loader
 voxelises a randomly rotated / scaled copy of the scene (its Voxelizer keeps augmentation on), so which
 point represents a voxel changes from run to run, and it scores in float16 on the GPU. This script builds
-dense rooms (``dataset/dense_room.py``: 150k points, several points per 2 cm voxel) and prints, per room,
+dense rooms (``synthetic/dense_room.py``: 150k points, several points per 2 cm voxel) and prints, per room,
 the share of points whose pseudo label changes and the pseudo-label mIoU (against GT, unlabeled counted
 wrong) under
   - the project's rule (no rotation, float32);
@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from dataset.dense_room import dense_room
+from synthetic.dense_room import dense_room
 from dataset.label_constants import dataset_info
 from dataset.point_loader import Point3DLoader
 from dataset.voxelizer import Voxelizer, sparse_quantize

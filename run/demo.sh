@@ -30,7 +30,7 @@ stage() {  # stage <name> <command ...>: run it, record its wall time
   printf '%s\t%s\n' "${name}" "$(( (end - start) / 1000000 ))" >> "${timings}"   # milliseconds
 }
 
-stage "synthetic data" ${PYTHON} -m dataset.synthetic --out data --name demo --dataset scannet --features "${DEMO_FEATURES}"
+stage "synthetic data" ${PYTHON} -m synthetic --out data --name demo --dataset scannet --features "${DEMO_FEATURES}"
 stage "PLG" sh vlm_ps_generation/generation_vlm.sh exp/demo/plg vlm_ps_generation/config/demo.yaml
 stage "ESS train" sh run/ess_train.sh exp/demo/ess config/demo/openseg_pre_train.yaml
 stage "ESS inference" sh run/ess_eval.sh exp/demo/ess config/demo/openseg_pre_eval.yaml

@@ -1,4 +1,4 @@
-"""The demo's synthetic world (dataset/synthetic.py) is one a 3D network can learn: furniture with the shapes,
+"""The demo's synthetic world (synthetic/) is one a 3D network can learn: furniture with the shapes,
 heights and placements of real rooms, colours that do not give the class away, deterministic for a seed, and
 2D features that stay in the calibrated PLG band when rendered and fused as in the demo."""
 from collections import defaultdict
@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from dataset.label_constants import IGNORE_LABEL, dataset_info
-from dataset.synthetic import CLASS_PALETTES, make_room, make_synthetic_dataset
+from synthetic.geometry import CLASS_PALETTES
+from synthetic.rooms import make_room
+from synthetic.writer import make_synthetic_dataset
 
 INFO = dataset_info('scannet')
 TYPES = ('bedroom', 'kitchen', 'living', 'bathroom')

@@ -1,5 +1,5 @@
-"""Synthetic data (dataset/synthetic.py): formats, determinism, CLIP-like text similarities, coverage and
-the calibrated PLG quality (SPEC §6)."""
+"""Synthetic data (synthetic/): formats, determinism, CLIP-like text similarities, coverage and
+the calibrated PLG quality (docs/synthetic_data.md)."""
 import os
 import re
 
@@ -7,14 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.formats import (fused_feature_files, list_scenes, load_fused_features, load_scene_3d,
-                             load_text_embeddings, scene_name)
+from dataset.formats import (fused_feature_files, list_scenes, load_fused_features, load_scene_3d, load_text_embeddings,
+                             scene_name)
 from dataset.label_constants import IGNORE_LABEL, dataset_info
-from dataset.synthetic import (Primitive, Room, _inside_primitives, camera_visibility, confused_as, look_at_pose,
-                               make_room, make_scene, make_synthetic_dataset, make_text_embeddings, ray_cast,
-                               similar_pairs)
 from pipeline.metric import evaluate
 from pipeline.pseudo_labels import pseudo_labels_from_features, scene_label_mask
+from synthetic.features import confused_as, make_text_embeddings, similar_pairs
+from synthetic.geometry import Primitive, Room
+from synthetic.rooms import make_room
+from synthetic.scan import _inside_primitives, camera_visibility, look_at_pose, ray_cast
+from synthetic.writer import make_scene, make_synthetic_dataset
 
 SMALL = dict(num_train=4, num_val=1, points_per_scene=6000, seed=0)
 

@@ -1,12 +1,14 @@
-"""Ray-cast rendering of the synthetic rooms and fusion of the rendered frames (dataset/synthetic_render.py)."""
+"""Ray-cast rendering of the synthetic rooms and fusion of the rendered frames (synthetic/render.py)."""
 import numpy as np
 import pytest
 
-from prep.frames import scannet_intrinsic
 from dataset.label_constants import IGNORE_LABEL, dataset_info
-from dataset.synthetic import (FeatureParams, Primitive, Room, look_at_pose, make_scene, make_text_embeddings,
-                               ray_cast)
-from dataset.synthetic_render import SimulatedFeatureSource, render_frame, rendered_fused_features
+from prep.frames import scannet_intrinsic
+from synthetic.features import FeatureParams, make_text_embeddings
+from synthetic.geometry import Primitive, Room
+from synthetic.render import SimulatedFeatureSource, render_frame, rendered_fused_features
+from synthetic.scan import look_at_pose, ray_cast
+from synthetic.writer import make_scene
 
 
 def _box_room():

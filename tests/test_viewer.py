@@ -120,7 +120,10 @@ def test_viewer_draws_points_legend_and_a_live_query(experiment, tmp_path):
         box = browser.query_box()
         box.click()
         box.send_keys('floor')
-        time.sleep(0.5)  # the text box reports its value to the server before the button is pressed
+        # the page reports the text box's value to the server asynchronously: press the button once it arrived
+        deadline = time.time() + 30
+        while app.query_box.value != 'floor' and time.time() < deadline:
+            time.sleep(0.1)
         browser.button('run query').click()
         deadline = time.time() + 30
         while app.query_text != 'floor' and time.time() < deadline:

@@ -1,12 +1,12 @@
-"""Rendered RGB-D frames of the synthetic rooms, fused with the real fusion code (SPEC §4b, §6).
+"""Rendered RGB-D frames of the synthetic rooms, fused with the real fusion code (docs/synthetic_data.md).
 
-``dataset/synthetic.py`` simulates fused features directly. This module instead produces what a real
+``synthetic/features.py`` simulates fused features directly. This module instead produces what a real
 pipeline starts from: per camera a depth image (metres, z-depth), a colour image, a label image and a 2D
 feature map from a simulated 2D vision-language model, and then runs ``prep.fusion.fuse_features``
 (OpenScene's projection + 25 % relative depth test + mean over views) to get ``<scene>_0.pt``. Rendering is
-analytic ray casting of the room's boxes and cylinders (``synthetic.ray_cast``), vectorised over pixels.
+analytic ray casting of the room's boxes and cylinders (``synthetic.scan.ray_cast``), vectorised over pixels.
 
-The simulated 2D model is the per-pixel version of synthetic.py's feature formula: the hit surface's
+The simulated 2D model is the per-pixel version of ``synthetic/features.py``'s formula: the hit surface's
 class embedding, shifted toward its confusable class (systematic, the same in every frame), a per-frame
 noise vector (shared by every pixel of the frame), a per-frame wrong "blob" (a disc in the image that
 the model calls another class of the room), and boundary blur as a 2D box filter of the class map
@@ -19,13 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dataset.label_constants import IGNORE_LABEL, dataset_info
 from prep.frames import FrameData, scannet_intrinsic
 from prep.fusion import fuse_features
-from dataset.label_constants import IGNORE_LABEL, dataset_info
-from dataset.synthetic import (CAMERA_MAX_DEPTH, CAMERA_MIN_DEPTH, RENDERED_FEATURE_PARAMS, FeatureParams, Room,
-                               confused_as, ray_cast)
+from synthetic.features import RENDERED_FEATURE_PARAMS, FeatureParams, confused_as
+from synthetic.geometry import Room
+from synthetic.scan import CAMERA_MAX_DEPTH, CAMERA_MIN_DEPTH, ray_cast
 
-IMAGE_HW = (240, 320)      # OpenScene's fusion resolution (SPEC §4b)
+IMAGE_HW = (240, 320)      # OpenScene's fusion resolution
 FEATURE_HW = (60, 80)      # resolution of the simulated 2D model's feature map (fusion maps pixels onto it)
 BLUR_PIXELS = 3            # box-filter width (feature-map pixels, ~5 cm at 2 m) of the boundary blur
 
@@ -103,7 +104,7 @@ class SimulatedFeatureSource:
                                count_include_pad=False)[0]
         coef = (1 - p.boundary_weight) * onehot + p.boundary_weight * blurred
         coef = coef * p.true_weight
-        # systematic confusion toward the confusable class (SPEC §6 t_conf), in every frame alike
+        # systematic confusion toward the confusable class (t_conf of docs/synthetic_data.md), in every frame alike
         shift = torch.as_tensor(self.strength, dtype=torch.float32)[fc.clamp(min=0)] * p.confusion_scale * \
             p.true_weight * hit
         conf_idx = torch.as_tensor(self.conf)[fc.clamp(min=0)]
