@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from prep.frames import FrameData, project_points
+from util.progress import progress as progress_of
 from prep.s3dis import Stanford2D3DSFrames
 from prep.scannet import ScanNetFrames
 
@@ -140,10 +141,7 @@ def _fuse_block(points, frames, feature_source, depth_threshold, cut_bound, chun
     device, n = points.device, points.shape[0]
     counts = torch.zeros(n, dtype=torch.float32, device=device)
     sums = None
-    frames_iter = frames
-    if progress:
-        from tqdm import tqdm
-        frames_iter = tqdm(frames, desc='frames', leave=False)
+    frames_iter = progress_of(frames, 'frames', unit='frame') if progress else frames
     for frame in frames_iter:
         depth_np, K, pose = _check_frame(frame)
         if not np.isfinite(pose).all():
@@ -295,7 +293,6 @@ def frame_input_files(frames, scene, args):
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    from tqdm import tqdm
 
     from dataset.formats import list_scenes, load_scene_3d, scene_name
     from util.misc import get_device
@@ -313,10 +310,8 @@ def main(argv=None):
     done = skipped = 0
     failed = {}
     with RunFolder(args.output_dir, 'fusion'), OutputManifest(args.output_dir, 'fusion', fusion_settings(args)) as manifest:
-        bar = tqdm(paths, desc='fusion', unit='scene')
-        for path in bar:
+        for path in progress_of(paths, 'fusion', log=print, unit='scene'):
             scene = scene_name(path)
-            bar.set_postfix_str(scene)
             outs = output_paths(args.output_dir, scene, args.num_files)
             # a scene that cannot be fused is reported and skipped, so one bad scan does not stop a long run
             try:
@@ -329,7 +324,7 @@ def main(argv=None):
                     skipped += 1  # resumable: finished scenes are kept
                     continue
                 if not args.overwrite and all(os.path.isfile(o) for o in outs):
-                    tqdm.write(f'{scene}: recomputing: {why}')
+                    print(f'{scene}: recomputing: {why}')
                 if source is None:
                     source = build_feature_source(args)  # built lazily: a finished run never loads the 2D model
                 points = load_scene_3d(path).coords
@@ -338,14 +333,14 @@ def main(argv=None):
                                            point_block_size=args.point_block_size, progress=True)
             except (FileNotFoundError, ValueError) as err:
                 failed[scene] = str(err)
-                tqdm.write(f'{scene}: skipped, {err}')
+                print(f'{scene}: skipped, {err}')
                 continue
             save_scene_features(args.output_dir, scene, feat, mask, num_files=args.num_files,
                                 points_per_file=args.points_per_file, seed=args.seed)
             manifest.record(scene, [path], outs, inputs)
             done += 1
             coverage = float(mask.float().mean())
-            tqdm.write(f'{scene}: {int(mask.sum())}/{mask.numel()} points covered ({coverage:.1%})'
+            print(f'{scene}: {int(mask.sum())}/{mask.numel()} points covered ({coverage:.1%})'
                        + ('  <- very low: check poses, intrinsics and depth units' if coverage < 0.05 else ''))
     print(f'fused {done} scenes, skipped {skipped} already finished (use --overwrite to redo) -> {args.output_dir}')
     if failed:

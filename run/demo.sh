@@ -15,7 +15,7 @@ PYTHON=${PYTHON:-python}
 # visibility (about 12 s)
 DEMO_FEATURES=${DEMO_FEATURES:-rendered}
 
-rm -rf data/demo_3d data/demo_multiview data/demo_text_embeddings.npy exp/demo
+rm -rf data/demo_3d data/demo_multiview data/demo_text_embeddings.npy data/demo_manifest.jsonl exp/demo
 mkdir -p exp/demo
 timings=exp/demo/demo_timings.tsv
 : > "${timings}"

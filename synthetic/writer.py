@@ -10,6 +10,8 @@ import torch
 from dataset.formats import (load_fused_features, load_scene_3d, load_text_embeddings, save_fused_features,
                              save_scene_3d, save_text_embeddings)
 from dataset.label_constants import IGNORE_LABEL, DatasetInfo, dataset_info
+from util.progress import progress
+from util.provenance import OutputManifest, array_digest
 from pipeline.metric import evaluate
 from synthetic.features import (RENDERED_FEATURE_PARAMS, FeatureParams, make_text_embeddings, plg_pseudo_labels,
                                 simulate_fused_features)
@@ -88,7 +90,8 @@ def make_synthetic_dataset(out, name, dataset='scannet', num_train=16, num_val=4
 
     Returns dict(data_root, feature_root, text_embeddings_path, scenes {split: [names]}, stats {split:
     dict(scenes, points, coverage, plg_miou, plg_miou_present)}, seconds, skipped). Existing files are
-    kept (and only re-read for the statistics) unless ``overwrite``.
+    kept (and only re-read for the statistics) unless ``overwrite``, but only those that
+    ``<name>_manifest.jsonl`` shows were made with these settings and text embeddings: others are remade.
     """
     info = dataset_info(dataset)
     if num_train < 0 or num_val < 0 or num_train + num_val == 0:
@@ -106,11 +109,17 @@ def make_synthetic_dataset(out, name, dataset='scannet', num_train=16, num_val=4
     preds = {'train': [], 'val': []}
     gts = {'train': [], 'val': []}
     covered = {'train': [0, 0], 'val': [0, 0]}
-    for split, scene, rtype, g in scene_names(info, num_train, num_val):
+    settings = {'stage': 'synthetic', 'dataset': info.name, 'seed': seed, 'points_per_scene': points_per_scene,
+                'feat_dim': feat_dim, 'features': features, 'params': repr(params),
+                'text_embeddings': array_digest(text)}
+    manifest = OutputManifest(out, f'{name}', settings)
+    scenes = scene_names(info, num_train, num_val)
+    for split, scene, rtype, g in progress(scenes, f'synthetic {info.name} rooms', log=print, unit='room'):
         file_name = scene + ('_vh_clean_2' if info.name == 'scannet' else '') + '.pth'
         scene_path = os.path.join(data_root, split, file_name)
         feat_path = os.path.join(feature_root, f'{scene}_0.pt')
-        if not overwrite and os.path.isfile(scene_path) and os.path.isfile(feat_path):
+        current, _ = manifest.check(scene, [], [scene_path, feat_path])
+        if not overwrite and current:
             s3d = load_scene_3d(scene_path)
             feat, mask = load_fused_features(feat_path, len(s3d.coords), feat_dim)
             labels, feat, mask = s3d.labels, feat.float().numpy(), mask.numpy()
@@ -122,6 +131,7 @@ def make_synthetic_dataset(out, name, dataset='scannet', num_train=16, num_val=4
             # the statistics describe the files as written (float16 features), as a re-run that reads them back
             feat = torch.from_numpy(feat).half().float().numpy()
             save_scene_3d(scene_path, scene_data['coords'], scene_data['colors'], labels.astype(np.int64))
+            manifest.record(scene, [], [scene_path, feat_path])
         result['scenes'][split].append(scene)
         preds[split].append(plg_pseudo_labels(feat, mask, labels, text, info.num_classes))
         gts[split].append(labels)
@@ -138,5 +148,6 @@ def make_synthetic_dataset(out, name, dataset='scannet', num_train=16, num_val=4
                                       plg_miou=r['miou'], plg_miou_present=r['miou_present'],
                                       plg_iou={info.labels[c]: float(r['iou'][c]) for c in range(info.num_classes)
                                                if r['present'][c]})
+    manifest.close()
     result['seconds'] = time.time() - start
     return result

@@ -83,6 +83,15 @@ def test_deterministic_per_seed(tmp_path):
     assert np.load(a['text_embeddings_path']).tobytes() != np.load(c['text_embeddings_path']).tobytes()
 
 
+def test_existing_rooms_are_reused_only_when_made_with_the_same_settings(tmp_path):
+    kw = dict(num_train=2, num_val=1, points_per_scene=2500)
+    first = make_synthetic_dataset(str(tmp_path), 'd', 'scannet', seed=3, **kw)
+    assert make_synthetic_dataset(str(tmp_path), 'd', 'scannet', seed=3, **kw)['skipped'] == 3
+    # other settings into the same folder: every room is made again, none of the old ones is kept
+    again = make_synthetic_dataset(str(tmp_path), 'd', 'scannet', seed=3, num_train=2, num_val=1, points_per_scene=3000)
+    assert again['skipped'] == 0 and again['stats']['train']['points'] != first['stats']['train']['points']
+
+
 @pytest.mark.parametrize('dataset', ['scannet', 's3dis'])
 def test_text_embedding_similarity_bands(dataset):
     info = dataset_info(dataset)
