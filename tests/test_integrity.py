@@ -485,3 +485,29 @@ def test_disk_full_is_reported_as_such_and_keeps_the_old_file(tmp_path, monkeypa
         assert err.value.errno == errno.ENOSPC
         assert target.read_bytes() == b'old'
     assert os.listdir(tmp_path) == ['last.pth']  # no temporary file left behind
+
+
+# ----------------------------------------------------------------------------- devices, drivers
+def test_an_unusable_gpu_is_reported_with_its_reason(monkeypatch):
+    import warnings
+    from util.misc import get_device
+
+    def old_driver():
+        warnings.warn('CUDA initialization: The NVIDIA driver on your system is too old (found version 11040).')
+        return False
+
+    monkeypatch.setattr(torch.cuda, 'is_available', old_driver)
+    said = []
+    assert get_device('auto', said.append).type == 'cpu'
+    assert len(said) == 1 and 'GPU is present but PyTorch cannot use it' in said[0] and 'too old' in said[0]
+
+
+@pytest.mark.parametrize('driver', ['run/esg.sh', 'run/eval.sh', 'run/ess_train.sh', 'run/ess_eval.sh',
+                                    'vlm_ps_generation/generation_vlm.sh'])
+def test_drivers_print_their_usage(driver, tmp_path):
+    ok = subprocess.run(['sh', os.path.join(ROOT, driver), '--help'], cwd=str(tmp_path), capture_output=True,
+                        text=True, timeout=30)
+    assert ok.returncode == 0 and f'usage: sh {os.path.join(ROOT, driver)} <exp_dir> <config.yaml>' in ok.stdout
+    bad = subprocess.run(['sh', os.path.join(ROOT, driver)], cwd=str(tmp_path), capture_output=True, text=True,
+                         timeout=30)
+    assert bad.returncode == 2 and 'usage:' in bad.stderr
