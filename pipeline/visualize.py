@@ -98,7 +98,7 @@ def iou_bar_chart(result, path, title='per-class IoU', compare=()):
     k = len(series)
     height = 0.8 / k
     fig, ax = plt.subplots(figsize=(7, (0.22 + 0.16 * k) * len(names) + 1.4))
-    colors = ('tab:orange', 'tab:green', 'tab:purple', 'tab:gray')[:k - 1] + ('tab:blue',)
+    colors = ('tab:orange', 'tab:green', 'tab:purple', 'tab:gray', 'tab:brown', 'tab:olive')[:k - 1] + ('tab:blue',)
     texts = []
     for j, ((label, values), color) in enumerate(zip(series, colors)):
         y = np.arange(len(names)) + (j - (k - 1) / 2) * height
@@ -123,6 +123,35 @@ def iou_bar_chart(result, path, title='per-class IoU', compare=()):
         fig.savefig(tmp, format='png', dpi=100)
     plt.close(fig)
     return texts
+
+
+def per_class_columns_png(path, class_names, series, title='per-class IoU'):
+    """Grouped columns, one group per class and one column per series: ``series`` [(label, {class: IoU or None})]
+    (None: the class is absent from that evaluation, drawn as no column). The series' mean over the classes
+    shown is in its legend label."""
+    plt = _pyplot()
+    k = len(series)
+    width = 0.85 / max(k, 1)
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.3 * k * len(class_names) + 2), 4.8))
+    x = np.arange(len(class_names))
+    colors = plt.get_cmap('tab10').colors
+    for j, (label, values) in enumerate(series):
+        v = np.array([np.nan if values.get(n) is None else float(values[n]) for n in class_names])
+        mean = float(np.nanmean(v)) if np.isfinite(v).any() else float('nan')
+        ax.bar(x + (j - (k - 1) / 2) * width, np.nan_to_num(v), width=width, color=colors[j % len(colors)],
+               label=f'{label} (mean {mean:.3f})')
+    ax.set_xticks(x)
+    ax.set_xticklabels(class_names, rotation=45, ha='right', fontsize=8)
+    ax.set_xlim(-0.6, len(class_names) - 0.4)
+    ax.set_ylim(0, 1.0)
+    ax.set_ylabel('IoU')
+    ax.grid(axis='y', alpha=0.3)
+    ax.set_title(title)
+    ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.28), ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png', dpi=100)
+    plt.close(fig)
 
 
 def point_spacing(coords, max_queries=50_000, seed=0, k=8):
@@ -295,19 +324,21 @@ def heat_colors(values, lo, hi, cmap='inferno', missing=None):
     return colors
 
 
-def learning_curve_png(path, steps, values, references=(), title='', ylabel='val mIoU'):
-    """A validation curve (``values`` at ``steps``) with horizontal ``references``: [(label, value)], e.g. the
-    mIoU of the 2D pseudo labels the 3D network should beat."""
+def learning_curve_png(path, curves, references=(), title='', ylabel='val mIoU'):
+    """Validation curves ``curves``: [(label, steps, values)], e.g. the 3D networks of the demo, with horizontal
+    ``references``: [(label, value)], e.g. the mIoU of the 2D labels the 3D networks should beat."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot(steps, values, marker='o', color='tab:blue', label='ESG 3D network')
-    for (label, value), color in zip(references, ('tab:red', 'tab:green', 'tab:purple', 'tab:gray')):
-        ax.axhline(value, color=color, linestyle='--', label=f'{label} {value:.3f}')
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (label, steps, values), color in zip(curves, plt.get_cmap('tab10').colors):
+        ax.plot(steps, values, marker='o', markersize=3, color=color, label=f'{label} (last {values[-1]:.3f})')
+    for (label, value), color, style in zip(references, ('black', 'dimgray', 'darkgray', 'silver'),
+                                            ('--', '-.', ':', '--')):
+        ax.axhline(value, color=color, linestyle=style, label=f'{label} {value:.3f}')
     ax.set_xlabel('training step')
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(loc='lower right', fontsize=8)
+    ax.legend(loc='upper left', fontsize=7)
     if title:
         ax.set_title(title)
     fig.tight_layout()
