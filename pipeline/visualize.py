@@ -98,7 +98,7 @@ def iou_bar_chart(result, path, title='per-class IoU', compare=()):
     k = len(series)
     height = 0.8 / k
     fig, ax = plt.subplots(figsize=(7, (0.22 + 0.16 * k) * len(names) + 1.4))
-    colors = ('tab:orange', 'tab:green', 'tab:purple', 'tab:gray', 'tab:brown', 'tab:olive')[:k - 1] + ('tab:blue',)
+    colors = ('tab:orange', 'tab:green', 'tab:purple', 'tab:gray')[:k - 1] + ('tab:blue',)
     texts = []
     for j, ((label, values), color) in enumerate(zip(series, colors)):
         y = np.arange(len(names)) + (j - (k - 1) / 2) * height
@@ -132,7 +132,7 @@ def per_class_columns_png(path, class_names, series, title='per-class IoU'):
     plt = _pyplot()
     k = len(series)
     width = 0.85 / max(k, 1)
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.3 * k * len(class_names) + 2), 4.8))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(8.0, 0.13 * k * len(class_names) + 2)), 4.8))
     x = np.arange(len(class_names))
     colors = plt.get_cmap('tab10').colors
     for j, (label, values) in enumerate(series):

@@ -19,7 +19,7 @@ PYTHON=${PYTHON:-python}
 # visibility (about 12 s)
 DEMO_FEATURES=${DEMO_FEATURES:-rendered}
 # the larger version of the same comparison (README, "What the demo shows"): more training rooms and / or a longer
-# schedule for the three 3D networks, e.g. DEMO_TRAIN_ROOMS=64 DEMO_NET_EPOCHS=60 make demo
+# schedule for the three 3D networks, e.g. DEMO_TRAIN_ROOMS=64 DEMO_NET_EPOCHS=40 make demo
 DEMO_TRAIN_ROOMS=${DEMO_TRAIN_ROOMS:-16}
 net_overrides=()
 if [ -n "${DEMO_NET_EPOCHS:-}" ]; then net_overrides=(epochs "${DEMO_NET_EPOCHS}"); fi

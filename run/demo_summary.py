@@ -32,7 +32,7 @@ TWO_D_ROWS = (
 NETWORK_ROWS = (
     ('3D net from raw fused (OpenScene 3D distill.)', 'from raw fused', 'esg_fused'),
     ('3D net from ESS embeddings (3DSS-VLG)', 'from ESS (3DSS-VLG)', 'esg'),
-    ('3D net, fully supervised (ceiling)', 'supervised (ceiling)', 'supervised'),
+    ('3D net, GT labels (ceiling, same short run)', 'GT labels (ceiling)', 'supervised'),
 )
 
 
@@ -131,9 +131,13 @@ def verdict(two_d, runs):
                          f"{esg:.4f} vs {fused:.4f}, {esg - fused:+.4f}; the 2D features alone: {fused_2d:.4f}")
         if 'supervised' in runs:
             sup = runs['supervised'][0]['miou_all_points']
-            lines.append(f"the fully supervised network (GT labels, not the method) reaches {sup:.4f}: 3DSS-VLG closes "
-                         f"{(esg - fused_2d) / max(sup - fused_2d, 1e-9):.0%} of the gap between the 2D features "
-                         f"and the ceiling")
+            if sup > fused_2d:
+                lines.append(f"the network trained on GT labels (not the method) reaches {sup:.4f}: 3DSS-VLG closes "
+                             f"{(esg - fused_2d) / (sup - fused_2d):.0%} of the gap between the 2D features and it")
+            else:
+                lines.append(f"the network trained on GT labels (not the method) reaches {sup:.4f} in the same steps, "
+                             f"below the 2D features too: at this budget the 3D networks are limited by their "
+                             f"training time, not by their targets (README, 'What the demo shows': the ceiling's curve)")
     return lines
 
 

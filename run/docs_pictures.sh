@@ -2,7 +2,8 @@
 # The README's pictures of queries, own scans, evaluation and the viewer, regenerated from the demo's network
 # (run `make demo` first; the viewer screenshot needs chromium + chromium-driver, see .ci/run):
 #   bash run/docs_pictures.sh
-# Writes docs/{query_chair,own_scan_pred,eval_topdown,iou_per_class,viewer,viewer_query}.png from out/docs/.
+# Writes docs/{query_chair,own_scan_pred,eval_topdown,iou_per_class,viewer,viewer_query}.png from out/docs/, and
+# copies the demo's comparison pictures (docs/demo_curves.png, docs/demo_per_class.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=.
@@ -25,4 +26,6 @@ cp out/docs/eval/iou_per_class.png docs/iou_per_class.png
 # the viewer in headless Chromium: prediction, then a live query
 ${PYTHON} -m viewer.screenshot exp/demo/esg --out docs/viewer.png --scene ${SCENE} --mode prediction
 ${PYTHON} -m viewer.screenshot exp/demo/esg --out docs/viewer_query.png --scene ${SCENE} --query chair
+# the demo's comparison (run/demo_summary.py wrote them)
+cp exp/demo/demo_curves.png exp/demo/demo_per_class.png docs/
 ls -l docs/*.png

@@ -60,8 +60,15 @@ def test_table_rows_verdict_and_pictures(tmp_path):
 def test_a_network_not_run_is_listed_and_an_unfinished_one_is_an_error(tmp_path):
     _experiment(str(tmp_path), {'esg': 0.45})
     lines, numbers = _summary_module().summarise(str(tmp_path))
-    assert any('3D net, fully supervised (ceiling)' in line and 'not run' in line for line in lines)
+    assert any('3D net, GT labels (ceiling' in line and 'not run' in line for line in lines)
     assert set(numbers['curves']) == {'esg'}
     os.makedirs(tmp_path / 'supervised')  # started, never evaluated
     with pytest.raises(FileNotFoundError, match='evaluate'):
         _summary_module().summarise(str(tmp_path))
+
+
+def test_a_short_ceiling_below_the_2d_features_is_said_so(tmp_path):
+    _experiment(str(tmp_path), {'esg': 0.15, 'esg_fused': 0.10, 'supervised': 0.18})
+    text = '\n'.join(_summary_module().summarise(str(tmp_path))[0])
+    assert 'reaches 0.1800 in the same steps, below the 2D features too' in text
+    assert 'closes' not in text

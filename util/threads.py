@@ -40,7 +40,7 @@ def busy_cores(sample_s=0.3):
         return 0
     hz = os.sysconf('SC_CLK_TCK')
     busy = (after[1] - before[1]) - (own_after - own_before) * hz
-    return max(0, int(round(busy / total * available_cores())))
+    return max(0, int(round(busy / total * (os.cpu_count() or 1))))  # /proc/stat sums every core of the machine
 
 
 def _cpu_jiffies():
