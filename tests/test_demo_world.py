@@ -109,7 +109,8 @@ def test_a_short_supervised_run_learns_what_colour_alone_cannot(tmp_path):
                                  seed=5, features='simulated')
     colour = per_point_baseline(res['data_root'], inputs='colour', steps=1500)['miou']
     argv = ['--config', ESG_TRAIN_CONFIG, 'data_root', res['data_root'], 'esg_targets', res['feature_root'],
-            'text_embeddings_path', res['text_embeddings_path'], 'save_path', str(tmp_path / 'sup'),
+            'data_root_2d_fused_feature', res['feature_root'], 'text_embeddings_path', res['text_embeddings_path'],
+            'save_path', str(tmp_path / 'sup'),
             'loss_type', 'supervised_ce', 'base_lr', '0.0001', 'epochs', '10', 'eval_freq', '10',
             'tensorboard', 'False']
     summary = train_esg.main(argv)

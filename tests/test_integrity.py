@@ -146,6 +146,10 @@ def _train_and_die_while_copying_best(root, save):
     """Child process: ESS training whose validation improves every epoch; killed (SIGKILL) while writing
     best.pth of epoch 2, i.e. after last.pth of epoch 2 is on disk."""
     import util.checkpoint as ckpt
+    # a forked child must not enter OpenMP: the pool of the parent's earlier multi-threaded tests did not survive
+    # the fork, and the child would wait on it forever
+    os.environ['OMP_NUM_THREADS'] = '1'
+    torch.set_num_threads(1)
     scores = iter([0.1, 0.2, 0.3])
     real_validate = train_openseg_pre_train.validate
 
