@@ -148,6 +148,7 @@ def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_it
     loss_meter, step_time = AverageMeter(), AverageMeter()
     steps = len(loader)
     lr = learning_rate(epoch * steps, cfg, max_iter)  # returned as is if the loader is empty
+    supervised = cfg.loss_type == SUPERVISED_LOSS  # the ceiling: GT labels of every annotated voxel, no 2D feature
     end = time.perf_counter()
     for i, (coords, feats, labels, feat_3d, mask) in enumerate(loader):
         step = epoch * steps + i
@@ -159,7 +160,6 @@ def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_it
         if int(mask.sum()) != feat_3d.shape[0]:
             raise RuntimeError(f'the loader returned {feat_3d.shape[0]} ESS embeddings for {int(mask.sum())} '
                                f'covered voxels; dataset/feature_loader.py is inconsistent')
-        supervised = cfg.loss_type == SUPERVISED_LOSS  # the ceiling: GT labels of every annotated voxel, no 2D feature
         why = (unusable_batch(coords, labels != IGNORE_LABEL, 'a GT label') if supervised else
                unusable_batch(coords, mask))
         # every rank must take the same decision, or DDP's gradient all-reduce would wait forever

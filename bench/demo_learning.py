@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 TRAIN = 'config/demo/openseg_train.yaml'
+EVAL = 'config/demo/openseg_eval.yaml'
 FUSED = 'config/demo/openseg_train_fused.yaml'
 SUPERVISED = 'config/demo/supervised_train.yaml'
 # name: (config, overrides); learning rates are base_lr (upstream's schedule runs at 10 x base_lr after step 1)
@@ -56,48 +57,47 @@ def run_variant(variant, args):
         raise RuntimeError(f"variant '{variant}' failed (exit {rc}); see '{save}.log'")
     with open(os.path.join(save, 'esg_summary.json')) as f:
         summary = json.load(f)
-    running, per_scene = batchnorm_gap(save, config)
+    running, per_scene = batchnorm_gap(save)
     return {'variant': variant, 'overrides': overrides, 'config': config, 'steps': summary['steps'],
             'best_running_bn': running, 'best_per_scene_bn': per_scene,
             'steps_per_epoch': summary['steps_per_epoch'], 'val_miou': summary['val_miou'],
             's_per_step': summary['wall_time_s'] / summary['steps'], 'wall_s': time.time() - start}
 
 
-def batchnorm_gap(save, config):
+def batchnorm_gap(save):
     """val mIoU of ``<save>/best.pth`` with BatchNorm's running statistics (what validation and evaluate.py use)
     and with each scene's own statistics (BatchNorm in train mode at test time, weights untouched): at batch 1
-    the network is trained on per-scene statistics, and the gap says what the running averages cost."""
+    the network is trained on per-scene statistics, and the gap says what the running averages cost. The
+    network is rebuilt and loaded as evaluate.py does, from the checkpoint's own config."""
     import torch
 
-    import train_esg
+    import evaluate
     from dataset.label_constants import dataset_info
     from pipeline.inference import eval_dataset, predict_split
     from pipeline.metric import evaluate_confusion
-    from pipeline.networks import build_disnet
     from pipeline.text_embeddings import text_embeddings_from_config
     from util.config import resolve_config
-    from util.io import safe_torch_load
-    cfg = resolve_config(train_esg.SCHEMA, os.path.join(ROOT, config))
+    cfg = resolve_config(evaluate.SCHEMA, os.path.join(ROOT, EVAL),
+                         ['model_path', os.path.join(save, 'best.pth'), 'test_repeats', '1'])
     info = dataset_info(cfg.labelset)
-    model = build_disnet(cfg)
-    model.load_state_dict(safe_torch_load(os.path.join(save, 'best.pth'), 'checkpoint')['state_dict'])
+    model, _ = evaluate.build_model(cfg, torch.device('cpu'), print)
     text = text_embeddings_from_config(cfg, info, 'cpu')
-    val = eval_dataset(cfg, cfg.val_split)
-    scores = []
-    for batch_statistics in (False, True):
-        plain_eval = model.eval
+    val = eval_dataset(cfg, cfg.split)
+    plain_eval = model.eval
 
-        def eval_mode(plain_eval=plain_eval, batch_statistics=batch_statistics):
-            plain_eval()
-            for m in model.modules():
-                if batch_statistics and isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.train()
-                    m.momentum = 0.0  # normalise by the scene's statistics, leave the running ones as they are
-            return model
+    def eval_with_scene_statistics():
+        plain_eval()
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.train()
+                m.momentum = 0.0  # normalise by the scene's statistics, leave the running ones as they are
+        return model
+
+    scores = []
+    for eval_mode in (plain_eval, eval_with_scene_statistics):
         model.eval = eval_mode
         with torch.no_grad():
             conf, _ = predict_split(model, val, text, device=torch.device('cpu'), seed=cfg.manual_seed)
-        model.eval = plain_eval
         scores.append(evaluate_confusion(conf, info.labels)['miou'])
     return scores
 

@@ -69,7 +69,7 @@ def distillation_loss(output, target, loss_type):
 def supervised_cross_entropy(output, labels, text_embeddings, ignore_index=255):
     """Cross-entropy of ``output @ T^T`` against ground-truth labels: the fully supervised 3D network.
 
-    The logits are exactly the ones evaluation takes the argmax of (util/inference.point_logits), so the
+    The logits are exactly the ones evaluation takes the argmax of (pipeline.inference.point_logits), so the
     supervised network is scored by the same code as the distilled one. No temperature: the norm of the
     output is free (the last layer is a plain linear map), so the network learns its own sharpness; the
     text matrix T (rank C) only re-parameterises the usual C-way linear classifier.

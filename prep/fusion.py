@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from prep.frames import FrameData, project_points
-from util.progress import progress as progress_of
 from prep.s3dis import Stanford2D3DSFrames
 from prep.scannet import ScanNetFrames
+from util.progress import progress as progress_of
 
 DEPTH_THRESHOLD = 0.25
 CUT_BOUND = 10
