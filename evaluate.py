@@ -24,6 +24,7 @@ import numpy as np
 
 from dataset.formats import load_scene_3d, scene_name
 from dataset.label_constants import IGNORE_LABEL, dataset_info
+from models.sparse import dispatch
 from models.sparse.settings import configure_from
 from pipeline.inference import eval_dataset, predict_split
 from pipeline.keys import POSITIVE_INT, dataset_keys, network_keys, one_of, run_keys, text_keys, workers_key
@@ -202,6 +203,7 @@ def main(argv=None):
         with RunFolder(cfg.save_folder, 'evaluation', enabled=dist_info.rank == 0) as folder:
             du.barrier()
             sparse = configure_from(cfg)
+            dispatch.require()  # an implementation that needs a missing package stops the run here
             logger = folder.start('eval', cfg, SCHEMA, device, rank=dist_info.rank,
                                   local_world_size=int(os.environ.get('LOCAL_WORLD_SIZE', 1)),
                                   sparse_conv=sparse.describe())

@@ -205,8 +205,10 @@ def main(argv=None):
     cfg = load_config(argv, SCHEMA)
     with RunFolder(cfg.save_folder, 'query') as folder:
         device = get_device(cfg.device)
+        from models.sparse import dispatch
         from models.sparse.settings import configure_from
         sparse = configure_from(cfg)
+        dispatch.require()
         return answer(cfg, device, folder.start('query', cfg, SCHEMA, device,
                                                 sparse_conv=sparse.describe()))
 

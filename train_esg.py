@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from dataset.label_constants import IGNORE_LABEL, dataset_info
+from models.sparse import dispatch
 from models.sparse.settings import configure_from
 from pipeline.inference import eval_dataset, forward_voxels, predict_split
 from pipeline.keys import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, network_keys, one_of, run_keys,
@@ -322,6 +323,7 @@ def main(argv=None):
             folder.check_fresh_or_resume(resume=cfg.resume, overwrite=cfg.overwrite, outputs=RUN_OUTPUTS)
             du.barrier()
             sparse = configure_from(cfg)
+            dispatch.require()  # an implementation that needs a missing package stops the run here
             logger = folder.start('esg', cfg, SCHEMA, device, rank=dist_info.rank,
                                   local_world_size=int(os.environ.get('LOCAL_WORLD_SIZE', 1)),
                                   processes=dist_info.world_size, sparse_conv=sparse.describe())

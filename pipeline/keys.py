@@ -134,8 +134,9 @@ def network_keys():
             'NETWORK', check=_arch, must='a MinkUNet architecture name such as MinkUNet18A'),
         Key('sparse_engine', str, 'builtin', 'builtin (this project) or minkowski (needs MinkowskiEngine)',
             'NETWORK', **one_of('builtin', 'minkowski')),
-        Key('sparse_conv', str, 'reference', 'builtin engine: reference (gather, matmul, scatter; CPU and CUDA) or '
-            'triton (implicit-GEMM kernels, CUDA)', 'NETWORK', **one_of(*CONVS)),
+        Key('sparse_conv', str, 'reference', 'builtin engine: reference (gather, matmul, scatter; CPU and CUDA), '
+            'triton (implicit-GEMM kernels, CUDA) or spconv (spconv\'s kernels; needs the spconv wheel of your CUDA)',
+            'NETWORK', **one_of(*CONVS)),
         Key('sparse_conv_row_order', str, 'mask', 'triton: output rows tiled by neighbour mask (mask) or in memory '
             'order (memory)', 'NETWORK',
             **one_of(*ROW_ORDERS)),

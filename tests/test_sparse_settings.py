@@ -22,7 +22,7 @@ def test_defaults_and_the_log_line():
 
 
 @pytest.mark.parametrize('change, message', [
-    (dict(conv='torch'), "sparse_conv must be one of reference, triton, found 'torch'"),
+    (dict(conv='torch'), "sparse_conv must be one of reference, triton, spconv, found 'torch'"),
     (dict(row_order='sorted'), "sparse_conv_row_order must be one of mask, memory, found 'sorted'"),
     (dict(autotune=1), 'sparse_conv_autotune must be one of False, True, found 1'),
 ])
@@ -50,7 +50,7 @@ def test_config_keys_are_declared_checked_at_load_and_applied(tmp_path):
     schema = Schema('network keys', network_keys())
     path = tmp_path / 'net.yaml'
     path.write_text('NETWORK:\n  sparse_conv: triton\n  sparse_conv_row_order: memory\n  sparse_conv_autotune: True\n')
-    for key, value, message in (('sparse_conv', 'torch', "'sparse_conv' must be one of reference, triton"),
+    for key, value, message in (('sparse_conv', 'torch', "'sparse_conv' must be one of reference, triton, spconv"),
                                 ('sparse_engine', 'torch', "'sparse_engine' must be one of builtin, minkowski"),
                                 ('sparse_conv_row_order', 'sorted', "'sparse_conv_row_order' must be one of mask, memory"),
                                 ('sparse_conv_autotune', 'maybe', "'sparse_conv_autotune' must be a")):
@@ -62,8 +62,8 @@ def test_config_keys_are_declared_checked_at_load_and_applied(tmp_path):
 
 
 def test_unknown_implementation_is_an_error():
-    with pytest.raises(ValueError, match="unknown sparse_conv implementation 'spconv'.*reference"):
-        dispatch.implementation('spconv')
+    with pytest.raises(ValueError, match="unknown sparse_conv implementation 'torch'.*reference"):
+        dispatch.implementation('torch')
 
 
 def test_triton_is_imported_only_when_selected_and_its_plans_need_no_triton():

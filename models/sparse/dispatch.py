@@ -23,18 +23,20 @@ from models.sparse import settings
 @dataclass(frozen=True)
 class Implementation:
     """``run(features, kernel, kernel_map, num_out) -> out``; ``prepare(kernel_map)``, if any, derives the
-    implementation's tables from a kernel map (cached in ``kernel_map.cache``) before its first use."""
+    implementation's tables from a kernel map (cached in ``kernel_map.cache``) before its first use;
+    ``check()``, if any, raises an error that says how to install what the implementation needs."""
     name: str
     run: Callable
     prepare: Optional[Callable] = None
+    check: Optional[Callable] = None
 
 
 _TABLE = {}
 
 
-def register(name, run, prepare=None):
+def register(name, run, prepare=None, check=None):
     """Make ``run`` (``sparse_conv``'s signature) the implementation called ``name``."""
-    _TABLE[name] = Implementation(name, run, prepare)
+    _TABLE[name] = Implementation(name, run, prepare, check)
 
 
 def implementation(name=None):
@@ -48,6 +50,15 @@ def implementation(name=None):
         if name not in _TABLE:
             raise RuntimeError(f'{__package__}.{name} was imported but registered no implementation {name!r}')
     return _TABLE[name]
+
+
+def require(name=None):
+    """The implementation called ``name`` (default: the selected one), after its ``check``: a stage calls this
+    when it reads its config, so a missing optional dependency stops the run before any work."""
+    impl = implementation(name)
+    if impl.check is not None:
+        impl.check()
+    return impl
 
 
 def prepare(kernel_map, impl):

@@ -3,8 +3,10 @@
 Everything here is a pure function of coordinates; the ``CoordinateManager`` (tensor.py) caches the results.
 
 Hashing: (batch, x, y, z) is packed into one int64 key whose fields are linear, so
-``key(c + d) = key(c) + key(d)`` for an offset d. A coordinate set is sorted once; all K offsets are
-then queried with ``torch.searchsorted`` at once (in chunks of offsets only when K x N is large), on
+``key(c + d) = key(c) + key(d)`` for an offset d. A coordinate set is sorted once. Kernel maps come from
+the structure of the two sets where it allows (``build_kernel_map``): the down and up convolutions of a
+U-Net need no lookup, small kernels look their neighbours up in a two-level block table in O(1), and the
+rest is searched in the sorted keys with ``torch.searchsorted``; all of it in plain tensor operations, on
 CPU and GPU alike.
 """
 import itertools
@@ -47,15 +49,21 @@ def _offset_keys(offsets):
 
 
 class CoordinateSet:
-    """One coordinate set: coordinates [N, 4] int32, and its keys sorted once for lookups."""
+    """One coordinate set: coordinates [N, 4] int32 at tensor ``stride`` (every spatial coordinate a multiple
+    of it), its keys sorted once for lookups, and the block index of the fast kernel maps, built on first
+    use. A set made by flooring another (``strided_coordinate_set``) remembers it: ``parent`` and, for each
+    parent row, the row it was floored onto (``parent_rows``)."""
 
-    def __init__(self, coordinates, check_unique):
+    def __init__(self, coordinates, check_unique, stride=1, parent=None, parent_rows=None):
         self.coordinates = coordinates
+        self.stride = int(stride)
+        self.parent, self.parent_rows = parent, parent_rows
         keys = encode_coordinates(coordinates)
         self.sorted_keys, self.order = torch.sort(keys)
         if check_unique:
             self._check_unique()
         self.keys = keys
+        self._blocks = None
 
     def _check_unique(self):
         if self.sorted_keys.numel() < 2:
@@ -80,11 +88,18 @@ class CoordinateSet:
         found = self.sorted_keys[pos] == query_keys
         return torch.where(found, self.order[pos], torch.full_like(pos, -1))
 
+    def blocks(self):
+        """The set's ``BlockIndex`` (built once)."""
+        if self._blocks is None:
+            self._blocks = BlockIndex(self)
+        return self._blocks
 
-def strided_coordinate_set(coordinates, tensor_stride):
-    """The coordinate set at ``tensor_stride``: ``coordinates`` floored to multiples of it, one row per
-    (batch, x, y, z), in (batch, x, y, z) order."""
+
+def strided_coordinate_set(parent, tensor_stride):
+    """The coordinate set at ``tensor_stride``: the coordinates of set ``parent`` floored to multiples of it,
+    one row per (batch, x, y, z), in (batch, x, y, z) order."""
     s = int(tensor_stride)
+    coordinates = parent.coordinates
     spatial = torch.div(coordinates[:, 1:], s, rounding_mode='floor') * s
     down = torch.cat([coordinates[:, :1], spatial], dim=1)
     # unique rows in (batch, x, y, z) order, as torch.unique(dim=0) gives them, but found by sorting
@@ -92,7 +107,100 @@ def strided_coordinate_set(coordinates, tensor_stride):
     keys, order = torch.sort(encode_coordinates(down))
     first = torch.ones_like(keys, dtype=torch.bool)
     first[1:] = keys[1:] != keys[:-1]
-    return CoordinateSet(down[order[first]].to(torch.int32), check_unique=False)
+    parent_rows = torch.empty_like(order)
+    parent_rows[order] = torch.cumsum(first, 0) - 1
+    return CoordinateSet(down[order[first]].to(torch.int32), check_unique=False, stride=s, parent=parent,
+                         parent_rows=parent_rows)
+
+
+# ----------------------------------------------------------------------------- block index
+_BLOCK = 4           # block side, in voxels of the set's own stride (BlockIndex divides by shifts: a power of 2)
+_BLOCK_REACH = 3     # the largest kernel reach (in those voxels) the block lookup serves: < _BLOCK
+_DENSE_BLOCK_GRID = 1 << 24  # block-grid cells (8 bytes each) up to which neighbour blocks are found in a dense grid
+
+
+class BlockIndex:
+    """A two-level table of one coordinate set: which row sits at each voxel, in O(1) per query.
+
+    The set's voxels (coordinates divided by its stride) are grouped into blocks of 4x4x4. ``cells``
+    [(B + 1) * 64] holds the row of every voxel of each occupied block (-1 where empty; the last block is an
+    empty one); ``neighbours`` [B * 27] where each block's 26 neighbour blocks and itself start in ``cells``
+    (the empty block where absent); every row knows its block and its place in it (``local``, 0..63). A
+    query "the row at my voxel + d" for |d| <= 3 per axis is then: which neighbour block and which cell of it
+    d leads to, from each of the 64 places (two tables of 64 entries), and two gathers. Memory: 256 bytes per
+    occupied block, at most that per row for scattered points, a few bytes per row for surfaces.
+    """
+
+    def __init__(self, coordinate_set):
+        c = coordinate_set.coordinates.to(torch.int64)
+        device, n, stride = c.device, c.shape[0], coordinate_set.stride
+        u = c[:, 1:] if stride == 1 else torch.div(c[:, 1:], stride, rounding_mode='floor')  # exact: multiples
+        block_xyz = u >> 2  # floor division by _BLOCK = 4, negative coordinates included
+        local = u & 3
+        block_keys = _pack(c[:, 0], block_xyz[:, 0] + _HALF, block_xyz[:, 1] + _HALF, block_xyz[:, 2] + _HALF)
+        self.block_keys, block = torch.unique(block_keys, sorted=True, return_inverse=True)
+        nb = self.block_keys.numel()
+        cell = block * _BLOCK ** 3 + local[:, 0] + _BLOCK * local[:, 1] + _BLOCK * _BLOCK * local[:, 2]
+        self.cells = torch.full(((nb + 1) * _BLOCK ** 3,), -1, dtype=torch.int32, device=device)
+        self.cells.index_copy_(0, cell, torch.arange(n, dtype=torch.int32, device=device))
+        self.block27 = block * 27
+        self.local = local[:, 0] + _BLOCK * local[:, 1] + _BLOCK * _BLOCK * local[:, 2]
+        # where each block's 27 neighbour blocks (itself included, x fastest) start in ``cells``; the empty
+        # block (index nb) where there is none
+        steps = torch.tensor([-1, 0, 1], dtype=torch.int64, device=device)
+        e = torch.stack(torch.meshgrid(steps, steps, steps, indexing='ij'), -1).reshape(-1, 3).flip(1)
+        pos = _neighbour_blocks(self.block_keys, e)
+        self.neighbours = (torch.where(pos >= 0, pos, torch.full_like(pos, nb)) * _BLOCK ** 3).t().reshape(-1)
+
+    def rows_at(self, which, cell):
+        """Row of the voxel at (row's voxel + d) for every row of the set, -1 where there is none, for an offset
+        d given by its ``place_tables`` row (``which``, ``cell``: [64] each, on the set's device)."""
+        nb = self.neighbours.index_select(0, self.block27 + which.index_select(0, self.local))
+        return self.cells.index_select(0, nb + cell.index_select(0, self.local))
+
+
+def place_tables(steps):
+    """For offsets ``steps`` [K, 3] (voxels, each in [-3, 3]) and each of a block's 64 places: which of the 27
+    neighbour blocks the offset leads to, and which cell of it: (which [K, 64], cell [K, 64]) int64."""
+    side = torch.arange(_BLOCK, device=steps.device)
+    places = torch.stack(torch.meshgrid(side, side, side, indexing='ij'), -1).reshape(-1, 3).flip(1)  # x fastest
+    target = places[None, :, :] + steps[:, None, :]
+    shift, inner = target >> 2, target & 3  # floor division by _BLOCK = 4 and its remainder
+    which = (shift[..., 0] + 1) + 3 * (shift[..., 1] + 1) + 9 * (shift[..., 2] + 1)
+    cell = inner[..., 0] + _BLOCK * inner[..., 1] + _BLOCK * _BLOCK * inner[..., 2]
+    return which, cell
+
+
+def _neighbour_blocks(block_keys, steps):
+    """[len(steps), B]: the index in the sorted ``block_keys`` of each block moved by each step, -1 where absent.
+    Looked up in a dense grid of the blocks' bounding box (one byte in 16k of a room's volume) when that is
+    small, else searched in the keys."""
+    nb = block_keys.numel()
+    if nb == 0:
+        return torch.zeros((steps.shape[0], 0), dtype=torch.int64, device=block_keys.device)
+    fields = _unpack(block_keys)
+    lo, hi = fields.min(0).values, fields.max(0).values
+    extent = hi - lo + 3  # one free block at both ends of every spatial axis
+    extent[0] = hi[0] - lo[0] + 1
+    volume = int(extent.prod())
+    if volume <= _DENSE_BLOCK_GRID:
+        strides = torch.tensor([extent[1] * extent[2] * extent[3], extent[2] * extent[3], extent[3], 1],
+                               device=block_keys.device)
+        flat = ((fields - lo + torch.tensor([0, 1, 1, 1], device=block_keys.device)) * strides).sum(1)
+        grid = torch.full((volume,), -1, dtype=torch.int64, device=block_keys.device)
+        grid[flat] = torch.arange(nb, device=block_keys.device)
+        return grid[flat[None, :] + (steps * strides[1:]).sum(1)[:, None]]
+    query = block_keys[None, :] + _offset_keys(steps)[:, None]
+    pos = torch.searchsorted(block_keys, query).clamp_(max=nb - 1)
+    return torch.where(block_keys[pos] == query, pos, torch.full_like(pos, -1))
+
+
+def _unpack(keys):
+    """[N, 4] (batch, x, y, z) of packed keys, the spatial fields still shifted by _HALF."""
+    z = keys % _RANGE
+    y = (keys // _RANGE) % _RANGE
+    x = (keys // (_RANGE * _RANGE)) % _RANGE
+    return torch.stack([keys // (_RANGE ** 3), x, y, z], 1)
 
 
 # ----------------------------------------------------------------------------- kernel offsets
@@ -181,18 +289,75 @@ class KernelMap:
 def build_kernel_map(src, dst, generator, region_stride, transposed):
     """The ``KernelMap`` from coordinate set ``src`` (input) to ``dst`` (output) for ``generator``'s kernel
     laid out at ``region_stride``: a conv's output q reads input q + d, a transposed conv's output p receives
-    input q where p = q + d."""
+    input q where p = q + d.
+
+    Three ways, the same pairs (tests/test_kernel_maps.py): a kernel whose size equals its stride, between a
+    set and the set floored from it (the U-Net's down and up convolutions), pairs every fine row with the
+    coarse row it was floored onto, at the offset of its place in the cell, without any search; a kernel of
+    reach <= 3 voxels on one set (a submanifold convolution) is looked up in the set's block index, only
+    up to its centre (``_block_pairs``); anything else is searched in ``src``'s sorted keys.
+    """
     offsets = generator.offsets(region_stride, device=dst.keys.device)
     reach = int(offsets.abs().max())
     if reach >= _HEADROOM:
         raise ValueError(f'kernel reach {reach} (kernel {generator.kernel_size}, dilation {generator.dilation}, '
                          f'tensor stride {region_stride}) exceeds the {_HEADROOM - 1} voxels the coordinate keys allow')
-    in_idx, out_idx, counts = _query_offsets(src, dst, _offset_keys(offsets), transposed)
+    pooling = _pooling_pairs(src, dst, generator, transposed)
+    if pooling is not None:
+        in_idx, out_idx, counts = pooling
+    elif src is dst and not transposed and region_stride == src.stride and reach <= _BLOCK_REACH * src.stride:
+        in_idx, out_idx, counts = _block_pairs(src, torch.div(offsets, src.stride, rounding_mode='floor'))
+    else:
+        in_idx, out_idx, counts = _query_offsets(src, dst, _offset_keys(offsets), transposed)
     offset_ptr = torch.zeros(offsets.shape[0] + 1, dtype=torch.int64, device=counts.device)
     offset_ptr[1:] = torch.cumsum(counts, 0)
     identity = _identity_offset(offsets, counts, len(dst)) if src is dst else -1
     return KernelMap(in_idx=in_idx, out_idx=out_idx, offset_ptr=offset_ptr, num_in=len(src), num_out=len(dst),
                      identity_offset=identity)
+
+
+def _pooling_pairs(src, dst, generator, transposed):
+    """Pairs of a kernel of size t = stride t (dilation 1) between a set and the set floored from it by t:
+    each fine row meets exactly one coarse row, at the offset ``ix + t*iy + t^2*iz`` of its place in the
+    coarse cell; None when the kernel or the sets are not of that kind."""
+    fine, coarse = (dst, src) if transposed else (src, dst)
+    t = generator.kernel_size
+    if coarse.parent is not fine or generator.dilation != 1 or coarse.stride != fine.stride * t:
+        return None
+    c = fine.coordinates[:, 1:].to(torch.int64)
+    place = torch.div(c - torch.div(c, coarse.stride, rounding_mode='floor') * coarse.stride, fine.stride,
+                      rounding_mode='floor')
+    offset = place[:, 0] + t * place[:, 1] + t * t * place[:, 2]
+    offset, fine_rows = torch.sort(offset, stable=True)
+    coarse_rows = coarse.parent_rows[fine_rows]
+    counts = torch.bincount(offset, minlength=t ** 3)
+    fine_rows, coarse_rows = fine_rows.to(torch.int32), coarse_rows.to(torch.int32)
+    return (coarse_rows, fine_rows, counts) if transposed else (fine_rows, coarse_rows, counts)
+
+
+def _block_pairs(coordinate_set, steps):
+    """(in_idx, out_idx, counts) of a kernel on one coordinate set, its offsets ``steps`` [K, 3] in voxels of
+    the set's stride, from the set's block index. When the kernel is point-symmetric (odd size: offset K-1-k
+    is minus offset k), only the offsets up to the centre are looked up: the pairs of -d are those of d with
+    input and output swapped."""
+    blocks = coordinate_set.blocks()
+    rows = torch.arange(len(coordinate_set), device=coordinate_set.keys.device, dtype=torch.int32)
+    k = steps.shape[0]
+    mirrored = k % 2 == 1 and bool((steps + steps.flip(0) == 0).all())
+    which, cell = place_tables(steps)
+    parts = [None] * k
+    for i in range(k):
+        if mirrored and i > k // 2:
+            inp, out = parts[k - 1 - i]
+            parts[i] = (out, inp)
+            continue
+        found = blocks.rows_at(which[i], cell[i])
+        hit = torch.nonzero(found >= 0).squeeze(1)
+        parts[i] = (found.index_select(0, hit), rows.index_select(0, hit))
+    in_idx = torch.cat([p[0] for p in parts]).to(torch.int32)
+    out_idx = torch.cat([p[1] for p in parts]).to(torch.int32)
+    counts = torch.tensor([p[0].numel() for p in parts], dtype=torch.int64, device=in_idx.device)
+    return in_idx, out_idx, counts
 
 
 def _query_offsets(src, dst, off, transposed):

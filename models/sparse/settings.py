@@ -8,7 +8,7 @@ is read from the environment. See docs/sparse_engine.md.
 import contextlib
 import dataclasses
 
-CONVS = ('reference', 'triton')  # the implementations the package ships (dispatch.py imports them by name)
+CONVS = ('reference', 'triton', 'spconv')  # the implementations the package ships (dispatch.py imports them by name)
 ROW_ORDERS = ('mask', 'memory')
 CONFIG_KEYS = {'conv': 'sparse_conv', 'row_order': 'sparse_conv_row_order', 'autotune': 'sparse_conv_autotune'}
 

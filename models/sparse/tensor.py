@@ -55,7 +55,7 @@ class CoordinateManager:
         that tensor stride."""
         out_stride = int(in_stride) * int(stride)
         if out_stride not in self._sets:
-            self._sets[out_stride] = kmap.strided_coordinate_set(self.coordinates(in_stride), out_stride)
+            self._sets[out_stride] = kmap.strided_coordinate_set(self._coordinate_set(in_stride), out_stride)
         return out_stride
 
     def kernel_map(self, in_stride, out_stride, kernel_size, dilation, transposed):
