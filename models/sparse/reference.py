@@ -60,8 +60,7 @@ def _backward(grad_out, features, kernel3, kernel_map, need_features, need_kerne
         if need_features:
             grad_f.index_add_(0, in_rows, (g @ kernel3[k].t()).to(acc))
         if need_kernel:
-            torch.mm(features.index_select(0, in_rows).t(), g, out=grad_k[k]) if acc == g.dtype else \
-                grad_k[k].copy_(features.index_select(0, in_rows).t() @ g)
+            grad_k[k] = features.index_select(0, in_rows).t() @ g
     return grad_f, grad_k
 
 
