@@ -6,11 +6,11 @@ backward, Adam. Prints the median ms/step over ``--steps`` after ``--warmup`` st
 memory, and the share of the step spent building coordinates, kernel maps and the Triton path's forward
 gather plans (map_share, timed by wrapping the functions that build them: ``timing_kernel_maps``; the
 feature-gradient plans are built in backward and count in ms/step only). With spconv importable it also
-times the same network shape in spconv on the same voxels.
+times native spconv (``bench/spconv_native.py``: the same network from spconv's own layers) on the same voxels.
 
     python bench/sparse_unet.py                                # CUDA if present, full size
     python bench/sparse_unet.py --device cpu --scale 0.05 --steps 2 --batch-sizes 1
-    python bench/sparse_unet.py --dtype fp32,bf16,fp16 --batch-sizes 1,4 --conv reference,triton
+    python bench/sparse_unet.py --dtype fp32,bf16,fp16 --batch-sizes 1,4 --conv reference,triton,spconv
     python bench/sparse_unet.py --conv triton --row-orders mask,memory --autotune   # tuning runs
 
 ``--row-orders`` times the Triton path with its rows sorted by neighbour mask (the default) and/or in memory
@@ -25,6 +25,9 @@ import statistics
 import time
 from types import SimpleNamespace
 
+import os
+import sys
+
 import numpy as np
 import torch
 
@@ -32,6 +35,9 @@ import models.sparse as ME
 from models.disnet import DisNet
 from models.sparse import dispatch, kmap, settings
 from pipeline.losses import cosine_distance
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import spconv_native  # noqa: E402
 
 VOXELS_PER_SCENE = 185_000  # a ScanNet scene at 2 cm has about this many occupied voxels
 
@@ -165,83 +171,13 @@ def bench_ours(coords, feats, device, dtype, steps, warmup, conv='reference', ro
     return statistics.median(times), statistics.median(map_share), mem
 
 
-class _SpconvUNet(torch.nn.Module):
-    """MinkUNet18A's shape in spconv: SubMConv3d for odd kernels, SparseConv3d / SparseInverseConv3d
-    (kernel 2, stride 2, shared indice keys) for the down / up path, the same channels."""
-
-    def __init__(self, spconv, out_dim=768):
-        super().__init__()
-        planes, nn = (32, 64, 128, 256, 128, 128, 96, 96), torch.nn
-        self.sp = spconv
-
-        def block(cin, cout, key):
-            return nn.ModuleDict(dict(
-                c1=spconv.SubMConv3d(cin, cout, 3, bias=False, indice_key=key), n1=nn.BatchNorm1d(cout),
-                c2=spconv.SubMConv3d(cout, cout, 3, bias=False, indice_key=key), n2=nn.BatchNorm1d(cout),
-                down=(spconv.SubMConv3d(cin, cout, 1, bias=False, indice_key=key + 'p') if cin != cout
-                      else nn.Identity()), dn=nn.BatchNorm1d(cout) if cin != cout else nn.Identity()))
-
-        self.stem = spconv.SubMConv3d(3, 32, 5, bias=False, indice_key='s1k5')
-        self.bn0 = nn.BatchNorm1d(32)
-        self.downs, self.dbn, self.dblocks = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-        w = 32
-        for i in range(4):
-            self.downs.append(spconv.SparseConv3d(w, w, 2, stride=2, bias=False, indice_key=f'down{i}'))
-            self.dbn.append(nn.BatchNorm1d(w))
-            self.dblocks.append(nn.ModuleList([block(w, planes[i], f's{2 ** (i + 1)}'),
-                                               block(planes[i], planes[i], f's{2 ** (i + 1)}')]))
-            w = planes[i]
-        skips = (planes[2], planes[1], planes[0], 32)
-        self.ups, self.ubn, self.ublocks = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-        for i in range(4):
-            p = planes[4 + i]
-            self.ups.append(spconv.SparseInverseConv3d(w, p, 2, bias=False, indice_key=f'down{3 - i}'))
-            self.ubn.append(nn.BatchNorm1d(p))
-            key = f's{2 ** (3 - i)}' if i < 3 else 's1'
-            self.ublocks.append(nn.ModuleList([block(p + skips[i], p, key), block(p, p, key)]))
-            w = p
-        self.final = spconv.SubMConv3d(w, out_dim, 1, bias=False, indice_key='s1f')
-
-    def _bnrelu(self, x, bn):
-        return x.replace_feature(torch.relu(bn(x.features)))
-
-    def _block(self, x, b):
-        res = b['down'](x) if not isinstance(b['down'], torch.nn.Identity) else x
-        res_f = b['dn'](res.features)
-        out = self._bnrelu(b['c1'](x), b['n1'])
-        out = b['c2'](out)
-        return out.replace_feature(torch.relu(b['n2'](out.features) + res_f))
-
-    def forward(self, x):
-        x = self._bnrelu(self.stem(x), self.bn0)
-        skips = [x]
-        for i in range(4):
-            x = self._bnrelu(self.downs[i](x), self.dbn[i])
-            for b in self.dblocks[i]:
-                x = self._block(x, b)
-            skips.append(x)
-        skips.pop()  # the stride-16 output is not a skip
-        for i in range(4):
-            x = self._bnrelu(self.ups[i](x), self.ubn[i])
-            x = x.replace_feature(torch.cat([x.features, skips.pop().features], 1))
-            for b in self.ublocks[i]:
-                x = self._block(x, b)
-        return self.final(x).features
-
-
-def bench_spconv(spconv, coords, feats, batch_size, device, dtype, steps, warmup):
+def bench_spconv(coords, feats, batch_size, device, dtype, steps, warmup):
+    """Native spconv (``bench/spconv_native.py``: the same MinkUNet18A from spconv's own layers and rulebooks)."""
     torch.manual_seed(0)
-    model = _SpconvUNet(spconv).to(device)
-    c = coords.to(device)
-    # spconv wants non-negative indices: shift by a multiple of the coarsest stride (16), so every
-    # strided level sees the same voxel grid as ours
-    lo = torch.div(c[:, 1:].min(0).values, 16, rounding_mode='floor') * 16
-    c = c - torch.cat([torch.zeros(1, dtype=c.dtype, device=device), lo])
-    shape = (c[:, 1:].max(0).values + 2).tolist()
-    indices = c.int().contiguous()
-    f = feats.to(device)
-    times, mem = time_training_steps(model, lambda: spconv.SparseConvTensor(f, indices, shape, batch_size),
-                                        len(c), device, dtype, steps, warmup)
+    model = spconv_native.native_unet(DisNet('MinkUNet18A', 768)).to(device)
+    c, f = coords.to(device), feats.to(device)
+    times, mem = time_training_steps(model, lambda: spconv_native.native_input(c, f, batch_size), len(c), device,
+                                     dtype, steps, warmup)
     return statistics.median(times), mem
 
 
@@ -251,8 +187,9 @@ def main():
     p.add_argument('--batch-sizes', default='1,4')
     p.add_argument('--dtype', default=None, help='comma list of fp32,bf16,fp16 (default: fp32 on CPU, '
                                                  'all three on CUDA)')
-    p.add_argument('--conv', default=None, help='comma list of sparse_conv implementations: reference,triton '
-                                                '(default: both on CUDA, reference on CPU)')
+    p.add_argument('--conv', default=None, help='comma list of sparse_conv implementations: reference,triton,spconv '
+                                                '(default: all three on CUDA, spconv where it imports; reference '
+                                                'on CPU)')
     p.add_argument('--row-orders', default='mask', help='comma list of Triton row orders (sparse_conv_row_order): '
                                                         'mask,none')
     p.add_argument('--autotune', action='store_true', help='Triton rows: autotune the tile shapes '
@@ -264,7 +201,13 @@ def main():
     args = p.parse_args()
     device = torch.device(args.device)
     dtypes = (args.dtype or ('fp32,bf16,fp16' if device.type == 'cuda' else 'fp32')).split(',')
-    convs = (args.conv or ('reference,triton' if device.type == 'cuda' else 'reference')).split(',')
+    try:
+        import spconv.pytorch  # noqa: F401
+        has_spconv = True
+    except ImportError:
+        has_spconv = False
+    default_convs = ('reference,triton' + (',spconv' if has_spconv else '')) if device.type == 'cuda' else 'reference'
+    convs = (args.conv or default_convs).split(',')
     for d in dtypes:
         if d not in ('fp32', 'bf16', 'fp16'):
             raise SystemExit(f'--dtype: unknown {d!r}, expected fp32, bf16 or fp16')
@@ -276,10 +219,6 @@ def main():
         if r not in settings.ROW_ORDERS:
             raise SystemExit(f'--row-orders: unknown {r!r}, expected one of {", ".join(settings.ROW_ORDERS)}')
     variants = [(c, r) for c in convs for r in (row_orders if c == 'triton' else [None])]
-    try:
-        import spconv.pytorch as spconv
-    except ImportError:
-        spconv = None
 
     print('# bench/sparse_unet.py: one training step of DisNet(MinkUNet18A, 768), cosine loss, Adam')
     print(f'# machine: {platform.machine()} {platform.processor() or ""} | python {platform.python_version()} '
@@ -289,8 +228,8 @@ def main():
     else:
         print('# device: cpu (peak_rss is the process peak so far: later rows inherit earlier peaks)')
     print(f'# scale {args.scale} (x {VOXELS_PER_SCENE} voxels/scene), steps {args.steps} (median) after '
-          f'{args.warmup} warm-up, spconv: {"yes" if spconv else "not installed"} (spconv has no bf16 path: '
-          f'its autocast casts to fp16, so bf16 rows are not compared)')
+          f'{args.warmup} warm-up, native spconv: {"yes" if has_spconv else "not installed"} (spconv has no bf16 '
+          f'path: its autocast casts to fp16, so bf16 rows are not compared)')
     mem_name = 'peak_alloc_MiB' if device.type == 'cuda' else 'peak_rss_MiB'
     print(f'{"batch":>5} {"dtype":>5} {"conv":>12} {"voxels":>9} {"ms/step":>9} {"voxels/s":>10} {mem_name:>14} '
           f'{"map_share":>9} {"spconv_ms":>9} {"spconv_MiB":>10} {"ours/spconv":>11}')
@@ -298,12 +237,14 @@ def main():
         coords, feats = make_batch(bs, args.scale, args.seed)
         for dtype in dtypes:
             sp = None
-            if spconv is not None and dtype != 'bf16':
+            if has_spconv and dtype != 'bf16':
                 try:
-                    sp = bench_spconv(spconv, coords, feats, bs, device, dtype, args.steps, args.warmup)
-                except Exception as err:  # e.g. spconv 2.3's CPU backward asks for a CUDA stream
+                    sp = bench_spconv(coords, feats, bs, device, dtype, args.steps, args.warmup)
+                except Exception as err:  # report and go on: the other rows are still worth having
                     print(f'# spconv failed on {device} ({type(err).__name__}: {str(err).splitlines()[0][:120]})')
             for conv, row_order in variants:
+                if conv == 'spconv' and dtype == 'bf16':
+                    continue  # no bf16 path in spconv
                 sec, share, mem = bench_ours(coords, feats, device, dtype, args.steps, args.warmup, conv,
                                              row_order or 'mask', args.autotune)
                 label = conv if row_order is None else f'{conv}:{row_order}' + ('+tune' if args.autotune else '')

@@ -46,7 +46,7 @@ def layer_map(kind, x):
 def run(fn, km, feats, kernel, seed=5):
     f, w = feats.clone().requires_grad_(), kernel.clone().requires_grad_()
     out = fn(f, w, km, km.num_out)
-    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.device, out.dtype)
     return (out, *torch.autograd.grad((out * weight).sum(), (f, w)))
 
 
@@ -201,3 +201,24 @@ def test_the_config_key_accepts_spconv_and_the_stages_check_it():
     for schema in (train_esg.SCHEMA, evaluate.SCHEMA):
         assert 'spconv' in schema.by_name['sparse_conv'].help
     assert dispatch.implementation('spconv').check is not None
+
+
+@needs_spconv
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype, tol', [(torch.float32, 1e-4), (torch.float16, 2e-2)])
+@pytest.mark.parametrize('kind', LAYERS)
+def test_every_op_equals_the_reference_on_cuda(kind, dtype, tol):
+    """On CUDA spconv runs its own GPU kernels on the same rulebooks (fp16: under autocast, as training runs)."""
+    coords, _ = random_sparse(n_per_batch=120, seed=3)
+    x = ME.SparseTensor(torch.zeros(len(coords), 1, device='cuda'), coords.cuda())
+    km = layer_map(kind, x)
+    g = torch.Generator().manual_seed(4)
+    kernel = torch.randn(km.kernel_volume, 20, 24, generator=g).cuda()
+    kernel = kernel[0] if km.kernel_volume == 1 else kernel
+    feats = torch.randn(km.num_in, 20, generator=g).cuda()
+    results = []
+    for fn in (reference_sparse_conv, spconv_impl.spconv_sparse_conv):
+        with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+            results.append([r.float() for r in run(fn, km, feats, kernel)])
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(theirs, ours, rtol=tol, atol=tol * max(1.0, float(ours.abs().max())))

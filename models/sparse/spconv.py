@@ -70,8 +70,8 @@ def _report_no_stream_without_cuda(ops):
 @contextlib.contextmanager
 def _cpu_threads_for(tensor):
     """spconv 2.3's CPU scatter-add gives wrong rows when its OpenMP loop runs on more than one thread (its
-    parallel regions run on PyTorch's OpenMP pool, so PyTorch's thread count decides; tests/test_spconv.py
-    shows it): on CPU tensors its ops run on one thread, and the count is restored after."""
+    parallel loops take as many threads as PyTorch is set to; tests/test_spconv.py shows it): on CPU tensors
+    its ops run on one thread, and the count is restored after."""
     threads = torch.get_num_threads()
     if tensor.is_cuda or threads == 1:
         yield
