@@ -201,12 +201,17 @@ def test_cuda_matches_cpu():
 
 
 def test_chunked_kernel_map_build_equals_one_query(monkeypatch):
-    """Large maps are built in chunks of offsets; the pairs must not depend on the chunking."""
+    """Maps that are searched (here a strided 3x3x3 conv) are built in chunks of offsets when large; the pairs
+    must not depend on the chunking."""
     coords, feats = random_sparse(seed=11, dtype=torch.float32)
-    whole = ME.SparseTensor(feats, coords).coordinate_manager.kernel_map(1, 1, 3, 1, False)
-    monkeypatch.setattr(kmap, '_MAP_CHUNK_ELEMENTS', 100)  # fewer than N_out: one offset per chunk
-    chunked = ME.SparseTensor(feats, coords).coordinate_manager.kernel_map(1, 1, 3, 1, False)
-    assert whole.bounds == chunked.bounds and whole.identity_offset == chunked.identity_offset == 13
+
+    def strided_map():
+        m = ME.SparseTensor(feats, coords).coordinate_manager
+        return m.kernel_map(1, m.strided_coordinates(1, 2), 3, 1, False)
+    whole = strided_map()
+    monkeypatch.setattr(kmap, '_MAP_CHUNK_ELEMENTS', 20)  # fewer than N_out: one offset per chunk
+    chunked = strided_map()
+    assert whole.bounds == chunked.bounds and whole.identity_offset == chunked.identity_offset == -1
     assert torch.equal(whole.in_idx, chunked.in_idx) and torch.equal(whole.out_idx, chunked.out_idx)
     assert whole.in_idx.dtype == torch.int32
 

@@ -173,8 +173,8 @@ def place_tables(steps):
 
 def _neighbour_blocks(block_keys, steps):
     """[len(steps), B]: the index in the sorted ``block_keys`` of each block moved by each step, -1 where absent.
-    Looked up in a dense grid of the blocks' bounding box (one byte in 16k of a room's volume) when that is
-    small, else searched in the keys."""
+    Looked up in a dense grid over the blocks' bounding box (8 bytes per 4x4x4 block of it) when that is small,
+    else searched in the keys."""
     nb = block_keys.numel()
     if nb == 0:
         return torch.zeros((steps.shape[0], 0), dtype=torch.int64, device=block_keys.device)

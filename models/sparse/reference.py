@@ -18,13 +18,16 @@ def _accumulate_dtype(dtype):
 
 
 def _offsets(kernel_map):
-    """[(k, in_rows, out_rows)] of the offsets that have pairs, the identity offset left out; the rows as int64
-    views of one array (``index_add_`` is 2-3x faster with int64 indices than with int32 on CPU), once per map."""
+    """[(k, in_rows, out_rows)] of the offsets that have pairs, the identity offset left out, as views of the
+    map's index arrays, once per map. On CPU the arrays are int64 copies: ``index_add_`` is 2-3x faster with
+    int64 than with int32 indices there (on CUDA it is not, and the int32 arrays save the memory)."""
     table = kernel_map.cache.get('reference')
     if table is None:
-        in64, out64 = kernel_map.in_idx.long(), kernel_map.out_idx.long()
+        rows_in, rows_out = kernel_map.in_idx, kernel_map.out_idx
+        if not rows_in.is_cuda:
+            rows_in, rows_out = rows_in.long(), rows_out.long()
         ptr = kernel_map.bounds
-        table = [(k, in64[ptr[k]:ptr[k + 1]], out64[ptr[k]:ptr[k + 1]]) for k in range(kernel_map.kernel_volume)
+        table = [(k, rows_in[ptr[k]:ptr[k + 1]], rows_out[ptr[k]:ptr[k + 1]]) for k in range(kernel_map.kernel_volume)
                  if k != kernel_map.identity_offset and ptr[k + 1] > ptr[k]]
         kernel_map.cache['reference'] = table
     return table
