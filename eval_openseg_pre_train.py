@@ -19,8 +19,8 @@ miss in IoU too: ``metric.evaluate(no_feature_in_iou=True)``; upstream's metric 
 of IoU, which makes its all-points mIoU equal the covered one). Labels are computed from the float16 embeddings as written,
 so a rerun that skips finished scenes prints the same numbers.
 """
-import json
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -30,19 +30,20 @@ from torch.utils.data import DataLoader
 from dataset import formats
 from dataset.ess_loader import ESSSceneDataset, collate_scene
 from dataset.label_constants import dataset_info
-from pipeline.networks import build_adapter
 from pipeline import metric
-from util.checkpoint import load_checkpoint
 from pipeline.keys import dataset_keys, run_keys, text_keys, workers_key
+from pipeline.networks import build_adapter
+from pipeline.pseudo_labels import pseudo_labels_from_features, scene_label_mask
+from pipeline.text_embeddings import text_embeddings_from_config
 from train_openseg_pre_train import ADAPTER_KEYS
-from util.config import Key, Schema, load_config
+from util.checkpoint import load_checkpoint
+from util.cli import run_cli
+from util.config import Key, Schema, check_one_experiment, load_config
 from util.io import atomic_write_text
 from util.misc import Timer, get_device, set_seed
 from util.progress import progress
 from util.provenance import OutputManifest, code_version
 from util.run_folder import RunFolder
-from pipeline.text_embeddings import text_embeddings_from_config
-from pipeline.pseudo_labels import pseudo_labels_from_features, scene_label_mask
 
 CHUNK = 65536  # points per forward pass: bounds memory on 500k-point scenes
 
@@ -101,6 +102,7 @@ def load_written(path, mask_full, feat_dim):
 
 def main(argv=None):
     cfg = load_config(argv, SCHEMA)
+    check_one_experiment(cfg, 'ESS inference', 'save_path', ('ess_embedding_path',))
     # the embeddings folder and the folder of the log / metrics (the ESS training run's) are written by one run
     # at a time
     with RunFolder(cfg.ess_embedding_path, 'ESS inference'), RunFolder(cfg.save_path, 'ESS inference') as folder:
@@ -199,4 +201,4 @@ def infer(cfg, device, logger):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

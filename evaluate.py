@@ -35,6 +35,7 @@ from pipeline.visualize import (IGNORED_COLOR, ceiling_crop, ceiling_height, err
                                 labels_to_colors, topdown_panels_png, write_ply)
 from util import distributed as du
 from util.checkpoint import load_checkpoint
+from util.cli import run_cli
 from util.config import CfgNode, Key, Schema, load_config
 from util.io import atomic_np_save, atomic_write_text, safe_torch_load
 from util.misc import Timer, set_seed
@@ -266,4 +267,4 @@ def evaluate(cfg, dist_info, device, logger):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

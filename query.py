@@ -30,7 +30,9 @@ import numpy as np
 
 from dataset.formats import scene_name
 from dataset.label_constants import IGNORE_LABEL, dataset_info
-from pipeline import query as q, visualize as vis
+from pipeline import query as q
+from pipeline import visualize as vis
+from util.cli import run_cli
 from util.config import load_config
 from util.io import atomic_np_save, atomic_write_text
 from util.misc import Timer, get_device, set_seed
@@ -260,4 +262,4 @@ def answer(cfg, device, logger):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -31,15 +31,16 @@ from dataset.label_constants import IGNORE_LABEL, dataset_info
 from models.sparse import dispatch
 from models.sparse.settings import configure_from
 from pipeline.inference import eval_dataset, forward_voxels, predict_split
-from pipeline.keys import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, network_keys, one_of, run_keys,
-                           text_keys, workers_key)
+from pipeline.keys import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, network_keys, one_of, resume_key,
+                           run_keys, text_keys, workers_key)
 from pipeline.losses import LOSS_TYPES, SUPERVISED_LOSS, distillation_loss, supervised_cross_entropy
 from pipeline.metric import evaluate_confusion, format_table, per_class_scalars
 from pipeline.networks import build_disnet
 from pipeline.text_embeddings import text_embeddings_from_config
 from util import distributed as du
-from util.checkpoint import load_checkpoint, repair_best, save_best_and_last, unwrap_model
-from util.config import Key, Schema, load_config
+from util.checkpoint import check_same_schedule, load_checkpoint, repair_best, save_best_and_last, unwrap_model
+from util.cli import run_cli
+from util.config import Key, Schema, check_one_experiment, load_config
 from util.io import atomic_write_text
 from util.misc import AverageMeter, Timer, batch_scene_names, format_eta, set_seed
 from util.run_folder import RunFolder
@@ -66,7 +67,7 @@ SCHEMA = Schema('ESG: distil the ESS embeddings into a 3D sparse U-Net', [
     Key('evaluate', bool, True, 'validate during training', 'ESG'),
     Key('eval_freq', int, 1, 'validate every eval_freq epochs (and after the last)', 'ESG', **POSITIVE_INT),
     Key('val_repeats', int, 1, 'random voxelisations summed at validation', 'ESG', **POSITIVE_INT),
-    Key('resume', str, '', 'a checkpoint to continue from (<save_path>/last.pth)', 'ESG', exists='file'),
+    resume_key('ESG'),
     Key('tensorboard', bool, True, 'write TensorBoard scalars to <save_path>/tensorboard', 'ESG'),
     workers_key(8),
     *run_keys('save_path', '${exp_root}/esg', seed=1463),
@@ -74,6 +75,7 @@ SCHEMA = Schema('ESG: distil the ESS embeddings into a 3D sparse U-Net', [
 
 
 # ----------------------------------------------------------------------------- schedule and loss
+SCHEDULE_KEYS = ('epochs', 'loop', 'batch_size', 'base_lr', 'power', 'lr_x10_after_first_step')  # fixed for a run
 def learning_rate(step, cfg, max_iter):
     """lr of optimiser step ``step`` (0-based), as upstream run/esg.py.
 
@@ -242,6 +244,8 @@ def train(cfg, dist_info, device, logger):
     start_epoch, best_miou, best_epoch, history, losses = 0, -math.inf, None, [], []
     if cfg.resume:
         state = load_checkpoint(cfg.resume, model, optimizer, map_location=device)
+        check_same_schedule(cfg.resume, state, cfg, SCHEDULE_KEYS, 'the poly learning rate of every step depends on '
+                            'the total number of steps (epochs x loop x scenes / batch_size)')
         if du.is_main_process():
             repair_best(cfg.save_path, cfg.resume, state, logger.info)
         start_epoch, best_miou, best_epoch = state['epoch'], state['best_metric'], state['best_epoch']
@@ -316,11 +320,12 @@ RUN_OUTPUTS = ('last.pth', 'best.pth', 'esg_summary.json', 'tensorboard')
 
 def main(argv=None):
     cfg = load_config(argv, SCHEMA)
+    check_one_experiment(cfg, 'ESG training', 'save_path', ('esg_targets',))
     dist_info, device = du.init_distributed(cfg.device)
     try:
         # rank 0 writes every file, so it alone holds the folder
         with RunFolder(cfg.save_path, 'ESG training', enabled=dist_info.rank == 0) as folder:
-            folder.check_fresh_or_resume(resume=cfg.resume, overwrite=cfg.overwrite, outputs=RUN_OUTPUTS)
+            cfg.resume = folder.check_fresh_or_resume(resume=cfg.resume, overwrite=cfg.overwrite, outputs=RUN_OUTPUTS)
             du.barrier()
             sparse = configure_from(cfg)
             dispatch.require()  # an implementation that needs a missing package stops the run here
@@ -334,4 +339,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

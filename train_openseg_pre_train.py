@@ -22,11 +22,13 @@ from torch.utils.data import DataLoader
 from dataset.ess_loader import EpochShuffleSampler, ESSPointDataset, ESSSceneDataset, collate_scene
 from dataset.label_constants import dataset_info
 from pipeline import metric
-from pipeline.keys import NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, run_keys, text_keys, workers_key
+from pipeline.keys import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, resume_key, run_keys, text_keys,
+                           workers_key)
 from pipeline.networks import build_adapter
 from pipeline.text_embeddings import text_embeddings_from_config
-from util.checkpoint import load_checkpoint, repair_best, save_best_and_last
-from util.config import Key, Schema, load_config
+from util.checkpoint import check_same_schedule, load_checkpoint, repair_best, save_best_and_last
+from util.cli import run_cli
+from util.config import Key, Schema, check_one_experiment, load_config
 from util.misc import AverageMeter, Timer, batch_scene_names, format_eta, get_device, set_seed
 from util.progress import progress
 from util.run_folder import RunFolder
@@ -60,7 +62,7 @@ SCHEMA = Schema('ESS: train the embedding adapter on the PLG pseudo labels', [
         **POSITIVE_INT),
     Key('multiplier', float, 0.7, 'StepLR gamma', 'TRAIN', **POSITIVE),
     Key('eval_freq', int, 1, 'validate every eval_freq epochs (and after the last)', 'TRAIN', **POSITIVE_INT),
-    Key('resume', str, '', 'a checkpoint to continue from (<save_path>/last.pth)', 'TRAIN', exists='file'),
+    resume_key('TRAIN'),
     Key('tensorboard', bool, True, 'write TensorBoard scalars to <save_path>/tensorboard', 'TRAIN'),
     workers_key(),
     *run_keys('save_path', '${exp_root}/ess', seed=2023),
@@ -146,8 +148,9 @@ RUN_OUTPUTS = ('last.pth', 'best.pth', 'tensorboard')
 
 def main(argv=None):
     cfg = load_config(argv, SCHEMA)
+    check_one_experiment(cfg, 'ESS training', 'save_path', ('pseudo_label_path',))
     with RunFolder(cfg.save_path, 'ESS training') as folder:
-        folder.check_fresh_or_resume(resume=cfg.resume, overwrite=cfg.overwrite, outputs=RUN_OUTPUTS)
+        cfg.resume = folder.check_fresh_or_resume(resume=cfg.resume, overwrite=cfg.overwrite, outputs=RUN_OUTPUTS)
         device = get_device(cfg.device)
         return train(cfg, device, folder.start('ess_train', cfg, SCHEMA, device))
 
@@ -182,6 +185,8 @@ def train(cfg, device, logger):
     start_epoch, best_miou, best_epoch, history = 0, -math.inf, None, []
     if cfg.resume:
         state = load_checkpoint(cfg.resume, model, optimizer, scheduler, map_location=device)
+        check_same_schedule(cfg.resume, state, cfg, ('base_lr', 'step_epoch', 'multiplier'),
+                            'the StepLR schedule (base_lr x multiplier every step_epoch epochs) is kept in the checkpoint')
         repair_best(cfg.save_path, cfg.resume, state, logger.info)
         start_epoch, best_miou, best_epoch = state['epoch'], state['best_metric'], state['best_epoch']
         history = [tuple(h) for h in state['extra'].get('val_miou', [])]  # (epoch, val mIoU)
@@ -224,4 +229,4 @@ def train(cfg, device, logger):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -6,6 +6,8 @@ the experiment folder every stage's outputs and inputs derive from (``${exp_root
 ``${exp_root}/ess_embeddings``, ...), so a second experiment in another folder never reads or overwrites
 the first one's files.
 """
+import os
+
 from util.config import Key
 
 
@@ -102,6 +104,13 @@ def text_keys(prompt_template='upstream'):
             "template with '{}'", 'TEXT', check=_template, must="'upstream', 'none' or a template with '{}'"),
         Key('text_cache_dir', str, '', "cache of computed text embeddings ('' = none)", 'TEXT'),
     ]
+
+
+def resume_key(section):
+    """Where a training stage continues from: a checkpoint, or ``auto`` (util/run_folder.py)."""
+    return Key('resume', str, '', "a checkpoint to continue from (<save_path>/last.pth), or auto: the output folder's "
+               'newest checkpoint, else a fresh run', section,
+               check=lambda v: v in ('', 'auto') or os.path.isfile(v), must="'auto' or an existing checkpoint file")
 
 
 def run_keys(save_key, save_default, seed=None):

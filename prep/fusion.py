@@ -38,6 +38,7 @@ import torch
 from prep.frames import FrameData, project_points
 from prep.s3dis import Stanford2D3DSFrames
 from prep.scannet import ScanNetFrames
+from util.cli import run_cli
 from util.progress import progress as progress_of
 
 DEPTH_THRESHOLD = 0.25
@@ -349,4 +350,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

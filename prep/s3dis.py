@@ -41,6 +41,7 @@ import numpy as np
 
 from dataset.label_constants import S3DIS_LABELS_13
 from prep.frames import FrameData, resize_intrinsic, resize_nearest
+from util.cli import run_cli
 
 UNKNOWN_CLASS = 'clutter'
 DEPTH_SCALE_2D3DS = 512.0
@@ -274,4 +275,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -34,6 +34,7 @@ import numpy as np
 
 from dataset.label_constants import IGNORE_LABEL, SCANNET_LABELS_20
 from prep.frames import SCANNET_IMAGE_SIZE, FrameData, resize_intrinsic, resize_nearest, scannet_intrinsic
+from util.cli import run_cli
 
 SCANNET_SUFFIX = '_vh_clean_2'
 # ScanNet benchmark: the NYU40 ids of the 20 evaluated classes, in label order
@@ -382,4 +383,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -6,6 +6,7 @@
 import argparse
 
 from synthetic.writer import make_synthetic_dataset
+from util.cli import run_cli
 
 
 def get_parser():
@@ -44,4 +45,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -180,8 +180,8 @@ def test_kill_between_last_and_best_is_repaired_at_resume(ess_data, tmp_path):
     last = torch.load(os.path.join(save, 'last.pth'), weights_only=True)
     best = torch.load(os.path.join(save, 'best.pth'), weights_only=True)
     assert last['epoch'] == last['best_epoch'] == 2 and best['epoch'] == 1  # best.pth is stale
-    # resume with nothing left to train: only the repair runs
-    train_ess(ess_data, save, epochs=2, resume=os.path.join(save, 'last.pth'))
+    # resume with nothing left to train: only the repair runs (the same schedule settings as the killed run)
+    train_openseg_pre_train.main(_ess_train_argv(ess_data, save, epochs=2) + ['resume', os.path.join(save, 'last.pth')])
     best = torch.load(os.path.join(save, 'best.pth'), weights_only=True)
     assert best['epoch'] == 2
     for key, value in last['state_dict'].items():
@@ -512,6 +512,9 @@ def test_drivers_print_their_usage(driver, tmp_path):
     ok = subprocess.run(['sh', os.path.join(ROOT, driver), '--help'], cwd=str(tmp_path), capture_output=True,
                         text=True, timeout=30)
     assert ok.returncode == 0 and f'usage: sh {os.path.join(ROOT, driver)} <exp_dir> <config.yaml>' in ok.stdout
+    assert '(/' not in ok.stdout  # a config placeholder such as ${exp_root} is shown, not expanded by the shell
+    if driver == 'run/ess_eval.sh':
+        assert '${exp_root}/ess_embeddings' in ok.stdout
     bad = subprocess.run(['sh', os.path.join(ROOT, driver)], cwd=str(tmp_path), capture_output=True, text=True,
                          timeout=30)
     assert bad.returncode == 2 and 'usage:' in bad.stderr

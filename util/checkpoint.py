@@ -143,3 +143,16 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, map_location='c
             'best_metric': float(best) if best is not None else float('-inf'),
             'best_epoch': ckpt.get('best_epoch'),
             'extra': dict(ckpt.get('extra') or {})}
+
+
+def check_same_schedule(path, resumed, cfg, keys, why):
+    """Refuse to resume from ``path`` when one of ``keys`` (the config keys the learning-rate schedule depends on)
+    differs from the run that wrote it (``resumed``: what ``load_checkpoint`` returned); ``why`` says how the
+    schedule depends on them. Checkpoints without a recorded config are not checked."""
+    saved = resumed['extra'].get('config') or {}
+    changed = [f'{k} {saved[k]!r} -> {cfg[k]!r}' for k in keys if k in saved and k in cfg and saved[k] != cfg[k]]
+    if changed:
+        keep = ' '.join(f'{k} {saved[k]}' for k in keys if k in saved and k in cfg and saved[k] != cfg[k])
+        raise ValueError(f"resume '{path}': the run it continues had other schedule settings ({', '.join(changed)}); "
+                         f"{why}, so continuing with these would change the schedule mid-run. Give {keep} to continue "
+                         f"that run as planned, or start a new run in another folder")

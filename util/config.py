@@ -136,7 +136,7 @@ def _read_yaml(path):
     if os.path.isdir(path):
         raise ConfigError(f"config file '{path}' is a directory, expected a .yaml file")
     if not os.path.isfile(path):
-        raise ConfigError(f"config file '{path}' does not exist")
+        raise ConfigError(f"config file '{path}'{_resolved(path)} does not exist")
     if not path.endswith(('.yaml', '.yml')):
         raise ConfigError(f"config file '{path}' is not a .yaml file")
     with open(path) as f:
@@ -292,8 +292,14 @@ def _check_values(cfg, schema, origin):
             ok = os.path.isdir(value) if key.exists == 'dir' else os.path.isfile(value)
             if not ok:
                 what = 'folder' if key.exists == 'dir' else 'file'
-                raise ConfigError(f"{where(key.name)}config key '{key.name}': {what} '{value}' does not exist"
-                                  + (f'; {key.hint}' if key.hint else ''))
+                raise ConfigError(f"{where(key.name)}config key '{key.name}': {what} '{value}'{_resolved(value)} does "
+                                  f"not exist" + (f'; {key.hint}' if key.hint else ''))
+
+
+def _resolved(path):
+    """For a relative path: where it was looked for (relative paths are taken from the current folder)."""
+    path = os.fspath(path)
+    return '' if os.path.isabs(path) else f" (looked for as '{os.path.abspath(path)}', from the current folder)"
 
 
 def resolve_config(schema, config_path, overrides=()):
@@ -320,10 +326,30 @@ def resolve_config(schema, config_path, overrides=()):
                               f"not '{section}'")
         cfg[name] = _coerce(key, _cast_text(key, str(text)), 'command line: ')
         origin[name] = 'override'
+    from_exp_root = frozenset(n for n, v in cfg.items() if isinstance(v, str) and '${exp_root}' in v)
     _interpolate(cfg)
     _check_values(cfg, schema, origin)
     cfg['config_file'] = config_path
+    object.__setattr__(cfg, 'from_exp_root', from_exp_root)  # not a key: which values came from ${exp_root}
     return cfg
+
+
+def check_one_experiment(cfg, stage, folder_key, keys):
+    """Refuse a stage whose folder (``cfg[folder_key]``, e.g. the driver's output folder) lies outside its
+    experiment folder ``exp_root`` while some of ``keys`` (the inputs or outputs it shares with the other
+    stages) still come from ``${exp_root}``: the stage would write one experiment and read, or write, another's."""
+    root, folder = cfg.get('exp_root'), cfg.get(folder_key)
+    if not root or not folder:
+        return
+    inside = os.path.commonpath([os.path.abspath(root), os.path.abspath(folder)]) == os.path.abspath(root)
+    shared = [k for k in keys if k in getattr(cfg, 'from_exp_root', ()) and cfg.get(k)]
+    if inside or not shared:
+        return
+    raise ConfigError(
+        f"{stage}: its folder {folder_key} '{folder}' lies outside the experiment folder exp_root '{root}', but "
+        + ', '.join(f"{k} '{cfg[k]}'" for k in shared) + f" would come from that experiment, i.e. another "
+        f"experiment's files. Keep one experiment in one folder: give every stage exp_root <experiment> (then this "
+        f"stage's folder is <experiment>/...), or set {', '.join(shared)} to the path you mean")
 
 
 def _pairs(opts):

@@ -19,8 +19,9 @@ inference's embeddings, evaluation results) opens it with ``RunFolder``:
   overrides applied; ``--config`` on it reruns the same settings) and ``<stage>_run.json`` (command line,
   code version, host, device, threads, sparse-conv settings) beside the outputs.
 - **Fresh run or resume.** A run without ``resume`` into a folder that already holds another run's
-  checkpoints is refused (it would replace them after its first epoch), with the two ways on:
-  ``resume <folder>/last.pth`` or ``overwrite True`` (which deletes them first).
+  outputs is refused (it would replace them after its first epoch), offering the ways on that work there:
+  ``resume <folder>/last.pth`` (when it exists), ``resume auto`` or ``overwrite True`` (which deletes them
+  first). ``resume auto`` continues from the folder's newest loadable checkpoint, or starts fresh.
 """
 import errno
 import json
@@ -215,11 +216,26 @@ class RunFolder:
         atomic_write_text(os.path.join(self.path, f'{stage}_run.json'), json.dumps(info, indent=2, default=str) + '\n')
 
     def check_fresh_or_resume(self, *, resume, overwrite, outputs):
-        """Refuse a fresh run (no ``resume``) into a folder holding any of ``outputs`` (file or folder names
-        of this stage) unless ``overwrite``, which deletes them. A resume must continue this folder's own run."""
-        if not self.enabled:
-            return
+        """Where this run starts: the checkpoint to resume from, or '' for a fresh run.
+
+        ``resume auto``: the newest checkpoint of this folder that loads (``last.pth`` or ``best.pth``), or a fresh
+        run when there is none (what a run killed before its first checkpoint left, e.g. its TensorBoard files, is
+        deleted then). A fresh run (no ``resume``) into a folder holding any of ``outputs`` (file or folder names of
+        this stage) is refused unless ``overwrite``, which deletes them; the refusal offers only what works here.
+        A resume must continue this folder's own run."""
+        if not self.enabled:  # a rank that does not write: the same answer as the writing rank, without writing
+            return (self.newest_checkpoint() or '') if resume == 'auto' else resume
         found = [name for name in outputs if os.path.exists(os.path.join(self.path, name))]
+        if resume == 'auto':
+            newest = self.newest_checkpoint()
+            if newest:
+                self.log(f"{self.stage}: resume auto: continuing from '{newest}'")
+                return newest
+            if found:
+                self.log(f"{self.stage}: resume auto: no checkpoint in '{self.path}', so a fresh run; deleting what "
+                         f"a run that ended before its first checkpoint left: {', '.join(found)}")
+                self._delete(found)
+            return ''
         if resume:
             last = os.path.join(self.path, 'last.pth')
             if (os.path.exists(last) and os.path.realpath(resume) != os.path.realpath(last) and not overwrite):
@@ -227,16 +243,43 @@ class RunFolder:
                     f"{self.stage}: '{self.path}' holds its own run (last.pth), but resume points to '{resume}'; "
                     f"continuing another run here would replace it. Resume '{last}', write into another folder, "
                     f"or give overwrite True to replace this folder's run")
-            return
+            return resume
         if not found:
-            return
+            return ''
         if not overwrite:
+            checkpoints = [name for name in ('last.pth', 'best.pth') if name in found]
+            if checkpoints:
+                ways = (f"To continue that run: resume {os.path.join(self.path, checkpoints[0])} (or resume auto); "
+                        f"to start over and delete them: overwrite True")
+            else:
+                ways = ("It holds no checkpoint to continue from (that run ended before its first one); to start over "
+                        "and delete them: overwrite True (or resume auto)")
             raise ExistingResultsError(
                 f"{self.stage}: '{self.path}' already holds the results of an earlier run ({', '.join(found)}); a "
-                f"fresh run would replace them. To continue that run: resume {os.path.join(self.path, 'last.pth')}; "
-                f"to start over and delete them: overwrite True; or choose another folder")
-        for name in found:
+                f"fresh run would replace them. {ways}; or choose another folder")
+        self._delete(found)
+        self.log(f"{self.stage}: overwrite True: deleted the earlier run's {', '.join(found)} in '{self.path}'")
+        return ''
+
+    def newest_checkpoint(self):
+        """The checkpoint of this folder (``last.pth``, ``best.pth``) with the most finished epochs among those that
+        load, or None."""
+        from util.io import safe_torch_load
+        best, best_epoch = None, -1
+        for name in ('last.pth', 'best.pth'):
+            path = os.path.join(self.path, name)
+            if not os.path.isfile(path):
+                continue
+            try:
+                epoch = int(safe_torch_load(path, 'checkpoint', map_location='cpu').get('epoch', 0))
+            except Exception as err:  # a damaged file is skipped, saying why
+                self.log(f"{self.stage}: resume auto: skipping '{path}', which does not load ({err})")
+                continue
+            if epoch > best_epoch:
+                best, best_epoch = path, epoch
+        return best
+
+    def _delete(self, names):
+        for name in names:
             full = os.path.join(self.path, name)
             shutil.rmtree(full) if os.path.isdir(full) else os.remove(full)
-        self.log(f"{self.stage}: overwrite True: deleted the earlier run's {', '.join(found)} in '{self.path}'")
-

@@ -11,6 +11,7 @@ On a headless server the viewer listens on 127.0.0.1:<port>; from a laptop, forw
 import argparse
 import time
 
+from util.cli import run_cli
 from util.logger import get_logger
 from util.misc import get_device, set_seed
 
@@ -62,4 +63,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -41,6 +41,7 @@ from pipeline.keys import NON_NEGATIVE_INT, POSITIVE_INT, dataset_keys, run_keys
 from pipeline.metric import confusion_matrix, evaluate_confusion, format_table
 from pipeline.pseudo_labels import pseudo_labels_from_features, scene_label_mask
 from pipeline.text_embeddings import text_embeddings_from_config
+from util.cli import run_cli
 from util.config import Key, Schema, load_config
 from util.io import atomic_write_text
 from util.misc import get_device
@@ -248,4 +249,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)
