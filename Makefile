@@ -28,4 +28,4 @@ bench: $(STAMP)
 	$(PYTHON) bench/sparse_unet.py --device cpu --scale 0.05
 
 clean-demo:
-	rm -rf data/demo_3d data/demo_multiview data/demo_text_embeddings.npy data/demo_manifest.jsonl exp/demo
+	rm -rf data/demo_3d data/demo_multiview data/demo_text_embeddings.npy data/demo_query_embeddings.npy data/demo_queries.txt data/demo_manifest.jsonl exp/demo

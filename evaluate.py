@@ -261,7 +261,8 @@ def evaluate(cfg, dist_info, device, logger):
         result['series_name'] = STAGE_NAMES.get(cfg.feature_type, cfg.feature_type)
         iou_bar_chart(result, os.path.join(cfg.save_folder, 'iou_per_class.png'), compare=compare,
                       title=f"{cfg.labelset} {cfg.split}: per-class IoU" + (', all points' if compare else '') +
-                            f" (mIoU {result['miou']:.3f}, {cfg.feature_type})")
+                            f" ({cfg.feature_type})\nmIoU {result['miou']:.3f} (upstream's: IoUs summed over the "
+                            f"classes present, divided by all {len(result['class_names'])})")
         logger.info(f"predictions and pictures in '{cfg.save_folder}'")
     return summary
 

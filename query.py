@@ -126,8 +126,7 @@ class SceneWriter:
         self.crop = vis.ceiling_crop(cfg, info)
         # the query's class index in the *label set of the GT* (the config's), for the top-10 % precision
         self.query_class = [q.class_index(info, name) for name in queries]
-        self.label_is_class = [q.class_index(info, name) for name in labels]
-        self.same_labels = [n.lower() for n in labels] == [n.lower() for n in info.labels]
+        self.gt_table = q.gt_table(info, labels)  # None: the label set is the data set's classes
         self.scenes = {}
 
     def __call__(self, r):
@@ -159,24 +158,29 @@ class SceneWriter:
                                title=f'{r.name}: {len(self.labels)} labels ({cfg.feature_type})', legend=legend,
                                max_z=max_z, panel_legends=panel_legends, view=view)
         files['pred'] = [f'{r.name}_pred.npy', f'{r.name}_pred.ply', f'{r.name}_pred.png']
-        # ---- queries
+        # ---- queries: one colour scale for all queries of the scene, so that their maps compare
         per_query = {}
+        lo, hi = q.scene_score_scale(r.scores, None if cfg.feature_type == 'distill' else r.covered)
         for k, (query, slug) in enumerate(zip(self.queries, self.slugs)):
             score = r.scores[:, k]
             stats = q.score_stats(score, cfg.score_threshold, covered=r.covered if cfg.feature_type != 'distill' else None,
                                   gt=r.gt if r.has_gt else None, class_id=self.query_class[k])
-            lo, hi = stats.get('percentiles', {}).get('1', 0.0), stats.get('percentiles', {}).get('99', 1.0)
             missing = None if cfg.feature_type == 'distill' or r.covered is None else ~r.covered
             heat = vis.heat_colors(score, lo, hi, missing=missing)
             base = f'{r.name}_{slug}'
             vis.write_ply(os.path.join(out, base + '.ply'), r.coords, heat,
                           extra={'score': score, 'scan_red': r.colors[:, 0], 'scan_green': r.colors[:, 1],
                                  'scan_blue': r.colors[:, 2]})
+            outline = None
+            if r.has_gt and self.query_class[k] is not None and (r.gt == self.query_class[k]).any():
+                outline = {1: (r.gt == self.query_class[k], f"GT {self.info.labels[self.query_class[k]]}")}
             vis.topdown_panels_png(os.path.join(out, base + '.png'), r.coords,
                                    [('colours', r.colors), (f'"{query}"', heat)], view=view, max_z=max_z,
                                    title=f'{r.name}: "{query}" ({cfg.feature_type}, cosine similarity)',
-                                   colorbar=('inferno', lo, hi, 'cosine similarity (1st-99th percentile)'))
-            per_query[query] = {'slug': slug, 'files': [base + '.ply', base + '.png'], **stats}
+                                   colorbar=('inferno', lo, hi, f'cosine similarity; one scale for the scene\'s queries;'
+                                             f'\nline: score_threshold {cfg.score_threshold:g}'),
+                                   colorbar_marks=[cfg.score_threshold], outlines=outline)
+            per_query[query] = {'slug': slug, 'files': [base + '.ply', base + '.png'], 'color_scale': [lo, hi], **stats}
             if 'top_precision' in stats:
                 self.logger.info(f"{r.name} '{query}': top 10 % precision {stats['top_precision']:.3f} "
                                  f"(class frequency {stats['class_frequency']:.3f})")
@@ -192,15 +196,33 @@ class SceneWriter:
     def _gt_in_label_set(self, gt):
         """GT in the indices of the given label set: identical for the config's classes; for another set, the
         classes it shares by name are mapped and the rest ignored; None when it shares none."""
-        if self.same_labels:
+        if self.gt_table is None:
             return gt
-        table = np.full(256, IGNORE_LABEL, np.int64)
-        for j, c in enumerate(self.label_is_class):
-            if c is not None:
-                table[c] = j
-        if all(c is None for c in self.label_is_class):
+        if (self.gt_table == IGNORE_LABEL).all():
             return None
-        return table[np.where(gt == IGNORE_LABEL, 255, gt)]
+        return self.gt_table[np.where(gt == IGNORE_LABEL, 255, gt)]
+
+
+def score_against_gt(conf, info, labels, table, logger):
+    """mIoU of the label set against GT: evaluate.py's number when the label set is the data set's classes; for
+    another label set, over the names that are classes of the data set (matched by name; GT points of the other
+    classes are not scored), saying which."""
+    from pipeline.metric import evaluate_confusion
+    result = evaluate_confusion(conf, labels)
+    if table is None:
+        logger.info(f"mIoU against GT {result['miou']:.4f} (the label set is the config's classes: evaluate.py's number)")
+        return {'miou': result['miou'], 'scored_classes': list(labels)}
+    scored = [labels[j] for j in sorted(set(table[table != IGNORE_LABEL].tolist()))]
+    if not scored:
+        logger.info(f"no name of the label set is a class of {info.name}'s GT, so nothing is scored against GT")
+        return {'miou': None, 'scored_classes': []}
+    present = [labels[j] for j in range(len(labels)) if result['present'][j]]
+    unscored = [n for n in labels if n not in scored]
+    logger.info(f"mIoU against GT {result['miou_present']:.4f}: the mean IoU of the {len(present)} label(s) that are "
+                f"classes of {info.name} and present in GT ({', '.join(present)}); GT points of the other classes are "
+                f"not scored" + (f"; not classes of {info.name}, so not scored: {', '.join(unscored)}" if unscored else ''))
+    return {'miou': result['miou_present'], 'scored_classes': present,
+            'iou': {n: float(result['iou'][j]) for j, n in enumerate(labels) if result['present'][j]}}
 
 
 def main(argv=None):
@@ -247,15 +269,13 @@ def answer(cfg, device, logger):
                 f"feature_type {cfg.feature_type}, {cfg.test_repeats} voxelisation(s) -> '{cfg.save_folder}'")
 
     writer = SceneWriter(cfg, info, labels, queries, palette, logger)
-    conf = q.run_scenes(cfg, model, dataset, label_emb, query_emb, device, writer, desc='query', log=logger.info)
+    conf = q.run_scenes(cfg, model, dataset, label_emb, query_emb, device, writer, desc='query', log=logger.info,
+                        gt_to_labels=writer.gt_table)
     summary = {'config_file': cfg.config_file, 'model_path': cfg.model_path if model is not None else None,
                'feature_type': cfg.feature_type, 'test_repeats': cfg.test_repeats, 'labels': labels,
                'queries': queries, 'scenes': writer.scenes, 'wall_time_s': timer.elapsed()}
-    if writer.same_labels and any(s['has_gt'] for s in writer.scenes.values()):
-        from pipeline.metric import evaluate_confusion
-        result = evaluate_confusion(conf, info.labels)
-        summary['miou'] = result['miou']
-        logger.info(f"mIoU against GT {result['miou']:.4f} (the label set is the config's classes: evaluate.py's number)")
+    if any(s['has_gt'] for s in writer.scenes.values()):
+        summary.update(score_against_gt(conf, info, labels, writer.gt_table, logger))
     atomic_write_text(os.path.join(cfg.save_folder, 'query_summary.json'), json.dumps(summary, indent=2))
     logger.info(f"done in {timer.elapsed():.1f} s: files in '{cfg.save_folder}'")
     return summary

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dataset.formats import all_scene_names, fused_feature_files, load_scene_fused_features, scene_name
+from dataset.label_constants import IGNORE_LABEL
 from pipeline import metric
 from util.progress import progress
 
@@ -148,7 +149,7 @@ def eval_dataset(cfg, split):
 def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None, test_repeats=1, seed=0,
                   feature_type='distill', fused_feature_root='', mark_no_feature_to_unknown=False,
                   amp=False, rank=0, world_size=1, workers=0, on_scene=None, on_features=None, forward=None,
-                  log=None, desc='predicting'):
+                  log=None, desc='predicting', gt_table=None):
     """Predict every scene of ``dataset`` (``Point3DLoader(eval_all=True)``-like items
     ``(coords [V,4], feats [V,3], labels [N], inverse [N])``); returns the confusion matrices summed over
     scenes of (the prediction from all ``test_repeats`` voxelisations summed, the first voxelisation alone):
@@ -157,7 +158,9 @@ def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None,
     Scenes are split over processes (scene i goes to rank i % world_size); the caller all-reduces the
     confusion matrix. For every scene ``on_scene(index, pred [N] int64, logits [N, C] float32, gt [N])``
     is called once its repeats are summed (e.g. to save predictions). ``seed`` fixes the random
-    voxelisations, so two calls with one checkpoint give the same predictions.
+    voxelisations, so two calls with one checkpoint give the same predictions. ``gt_table`` [256] maps GT
+    classes to rows of ``text_embeddings`` (or to 255, ignored) when those are another label set than the
+    data set's (``pipeline.query.gt_table``); None: the same classes.
 
     ``on_features(index, features, inverse, fused_mask)`` (optional) sees the features every repeat is scored
     from, before ``on_scene`` of that scene: the network's voxel features [V, D] with the point -> voxel map
@@ -215,8 +218,9 @@ def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None,
                 if pred.shape[0] != gt.shape[0]:
                     raise RuntimeError(f"scene '{dataset.data_paths[index]}': {pred.shape[0]} predictions for "
                                        f"{gt.shape[0]} points; the voxeliser's inverse map is wrong")
-                conf += metric.confusion_matrix(pred, gt, num_classes)
-                conf_first += metric.confusion_matrix(first.numpy(), gt, num_classes)
+                scored = gt if gt_table is None else gt_table[np.where(gt == IGNORE_LABEL, 255, gt)]
+                conf += metric.confusion_matrix(pred, scored, num_classes)
+                conf_first += metric.confusion_matrix(first.numpy(), scored, num_classes)
                 if on_scene is not None:
                     on_scene(index, pred, summed, gt)
     return conf, conf_first

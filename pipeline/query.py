@@ -73,7 +73,7 @@ def text_embeddings_for(cfg, info, names, what='queries', embeddings_path=''):
     """Unit text embeddings [len(names), D] of ``names`` and, per name, where its row came from (module docstring);
     ``embeddings_path``: an .npy with one row per name, used for all of them."""
     from dataset import formats
-    from pipeline.text_embeddings import load_or_compute_text_embeddings, text_embeddings_from_config
+    from pipeline.text_embeddings import WeightsUnavailable, load_or_compute_text_embeddings, text_embeddings_from_config
     names = list(names)
     if not names:
         return torch.zeros(0, 0), []
@@ -101,6 +101,11 @@ def text_embeddings_for(cfg, info, names, what='queries', embeddings_path=''):
                 others, model_name=cfg.get('clip_model', 'ViT-L-14-336'),
                 pretrained=cfg.get('clip_pretrained', 'openai') or '', template=template,
                 cache_dir=cfg.get('text_cache_dir', '') or '')
+        except WeightsUnavailable as err:
+            raise WeightsUnavailable(
+                f"{what} {others} are not class names of {info.name}, so CLIP must encode them, but {err}. Either give "
+                f"the weights: clip_pretrained <a local checkpoint of {cfg.get('clip_model', '')}>, or give the text "
+                f"embeddings: query_embeddings <file.npy> (one row per name, in the order given)") from None
         except Exception as err:
             raise RuntimeError(f"{what} {others} are not class names of {info.name}, so open_clip must encode them "
                                f"(or give query_embeddings, an .npy with one row per name): {err}") from err
@@ -117,19 +122,46 @@ def text_embeddings_for(cfg, info, names, what='queries', embeddings_path=''):
 
 
 def label_palette(info, names):
-    """Colours of a label set: the dataset palette when ``names`` are its classes in order, else tab20 then an
-    evenly spaced hue wheel (a label set of 200 names still gets distinct colours)."""
-    if [n.lower() for n in names] == [n.lower() for n in info.labels]:
-        return [tuple(int(v) for v in c) for c in info.palette]
+    """Colours of a label set: a name that is a class of the data set keeps that class's palette colour (so floor
+    stays floor-coloured in any label set); the other names take tab20's colours, then an evenly spaced hue wheel
+    (a label set of 200 names still gets distinct colours), skipping the colours already taken."""
     import colorsys
 
     import matplotlib
-    base = [tuple(int(255 * v + 0.5) for v in matplotlib.colormaps['tab20'](i)[:3]) for i in range(20)]
-    if len(names) <= 20:
-        return base[:len(names)]
+    own = [class_index(info, n) for n in names]
+    taken = {tuple(int(v) for v in info.palette[c]) for c in own if c is not None}
+    tab20 = [tuple(int(255 * v + 0.5) for v in matplotlib.colormaps['tab20'](i)[:3]) for i in range(20)]
     golden = 0.618033988749895
-    return [tuple(int(255 * v + 0.5) for v in colorsys.hsv_to_rgb((i * golden) % 1.0, 0.65 + 0.3 * (i % 2), 0.9))
-            for i in range(len(names))]
+
+    def wheel(i):
+        return tuple(int(255 * v + 0.5) for v in colorsys.hsv_to_rgb((i * golden) % 1.0, 0.65 + 0.3 * (i % 2), 0.9))
+    spare = (c for c in tab20 + [wheel(i) for i in range(len(names) + len(taken))] if c not in taken)
+    return [tuple(int(v) for v in info.palette[c]) if c is not None else next(spare) for c in own]
+
+
+def scene_score_scale(scores, covered=None):
+    """(lo, hi): the colour scale of a scene's query heat maps, the 1st and 99th percentiles of the scores of all
+    its queries together (of the covered points, when given), so that two queries of a scene compare by colour."""
+    scores = np.asarray(scores, np.float64)
+    if covered is not None and np.asarray(covered).any():
+        scores = scores[np.asarray(covered, bool)]
+    if scores.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(scores, [1, 99])
+    return float(lo), float(max(hi, lo + 1e-6))
+
+
+def gt_table(info, names):
+    """GT classes of the data set -> indices of the label set ``names`` (a [256] table; 255 = not scored), by
+    class name; None when ``names`` are the data set's classes in order (GT is already in their indices)."""
+    if [n.lower() for n in names] == [n.lower() for n in info.labels]:
+        return None
+    table = np.full(256, IGNORE_LABEL, np.int64)
+    for j, name in enumerate(names):
+        c = class_index(info, name)
+        if c is not None:
+            table[c] = j
+    return table
 
 
 @dataclass
@@ -325,14 +357,14 @@ def coverage_mask(feat_root, data_path, num_points):
 
 
 def run_scenes(cfg, model, dataset, label_embeddings, query_embeddings, device, on_result, keep_rows=None,
-               desc='scenes', log=None, coverage_root=None):
+               desc='scenes', log=None, coverage_root=None, gt_to_labels=None):
     """Predict every scene of ``dataset`` with the label set and score every query, in one pass.
 
     ``cfg``: the evaluation keys (test_repeats, manual_seed, feature_type 'distill' | 'fusion' | 'ess',
     data_root_2d_fused_feature, ess_embedding_path, mark_no_feature_to_unknown, amp, workers, and
     max_voxels / tile_margin for ``tiled_forward``). ``on_result(SceneResult)`` per scene; ``keep_rows``
     (callable(index, N) -> rows) keeps the mean unit embeddings of those points. Returns the confusion matrix
-    of the label set against GT (summed over scenes with GT).
+    of the label set against GT (summed over scenes with GT; ``gt_to_labels``: ``gt_table`` of another label set).
     """
     from pipeline.inference import predict_split
     feature_type = cfg.feature_type
@@ -371,5 +403,5 @@ def run_scenes(cfg, model, dataset, label_embeddings, query_embeddings, device, 
         feature_type='distill' if feature_type == 'distill' else 'fusion', fused_feature_root=feat_root,
         mark_no_feature_to_unknown=cfg.mark_no_feature_to_unknown, amp=cfg.amp, workers=cfg.workers,
         on_scene=on_scene, on_features=scorer,
-        forward=tiled_forward(cfg.get('max_voxels', 0), margin_voxels(cfg)), desc=desc, log=log)
+        forward=tiled_forward(cfg.get('max_voxels', 0), margin_voxels(cfg)), desc=desc, log=log, gt_table=gt_to_labels)
     return conf

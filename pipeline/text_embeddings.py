@@ -115,12 +115,59 @@ def needs_quick_gelu(model_name, pretrained):
     return bool(open_clip.get_pretrained_cfg(model_name, pretrained).get('quick_gelu', False))
 
 
+class WeightsUnavailable(FileNotFoundError):
+    """The CLIP weights of an open_clip tag are neither on this machine nor reachable."""
+
+
+_HUB_HOST = 'huggingface.co'
+
+
+def hub_reachable(timeout=1.5):
+    """False when ``HF_HUB_OFFLINE`` is set or the model hub cannot be reached within ``timeout`` seconds (a TCP
+    connection to its host): the check that lets a missing download fail in a second instead of after retries."""
+    if os.environ.get('HF_HUB_OFFLINE', '').lower() in ('1', 'true', 'yes', 'on'):
+        return False
+    import socket
+    try:
+        socket.create_connection((_HUB_HOST, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def weights_on_disk(model_name, pretrained):
+    """True when open_clip would find the weights of tag ``pretrained`` without a download (its Hugging Face
+    cache, or the file of its download URL in open_clip's cache folder); None when open_clip knows no such tag."""
+    import open_clip
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not cfg:
+        return None
+    hub = (cfg.get('hf_hub') or '').rstrip('/')
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+        for filename in ('open_clip_model.safetensors', 'open_clip_pytorch_model.bin'):
+            if isinstance(try_to_load_from_cache(hub, filename), str):
+                return True
+    url = cfg.get('url') or ''
+    if url:
+        folder = os.path.expanduser(os.environ.get('OPENCLIP_CACHE_DIR', '~/.cache/clip'))
+        if os.path.isfile(os.path.join(folder, os.path.basename(url))):
+            return True
+    return False
+
+
 def build_clip_text_model(model_name='ViT-L-14-336', pretrained='openai', device='cpu'):
-    """(model, tokenizer) from open_clip; ``pretrained`` is an open_clip tag or a local checkpoint path."""
+    """(model, tokenizer) from open_clip; ``pretrained`` is an open_clip tag or a local checkpoint path. A tag
+    whose weights are not on this machine while the hub is unreachable fails at once (``WeightsUnavailable``)."""
     import open_clip
     name = _resolve_model_name(model_name)
     if pretrained and not os.path.isfile(pretrained) and (os.sep in pretrained or pretrained.endswith(('.pt', '.pth', '.bin', '.safetensors'))):
         raise FileNotFoundError(f"CLIP checkpoint '{pretrained}' (clip_pretrained) does not exist")
+    if pretrained and not os.path.isfile(pretrained) and weights_on_disk(name, pretrained) is False \
+            and not hub_reachable():
+        raise WeightsUnavailable(
+            f"the CLIP weights '{pretrained}' of {model_name} are not on this machine and the model hub "
+            f"({_HUB_HOST}) cannot be reached (offline, or HF_HUB_OFFLINE set)")
     try:
         model = open_clip.create_model(name, pretrained=pretrained or None, device=device,
                                        force_quick_gelu=needs_quick_gelu(name, pretrained))

@@ -114,9 +114,9 @@ def iou_bar_chart(result, path, title='per-class IoU', compare=()):
     ax.invert_yaxis()
     ax.set_xlim(0, 1.1)
     ax.axvline(result['miou_present'], color='tab:red', linestyle='--',
-               label=f"{series[-1][0]}: mean {result['miou_present']:.3f}")
+               label=f"{series[-1][0]}: mean over the {len(names)} classes present in GT {result['miou_present']:.3f}")
     ax.set_xlabel('IoU')
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.legend(loc='lower right', fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -246,6 +246,9 @@ def topdown_image(coords, colors, max_pixels=400, max_z=None, fill=2):
     return TopDown(coords, max_pixels=max_pixels, max_z=max_z, fill=fill).image(colors)
 
 
+OUTLINE_COLOR = '#00c8ff'  # outlines and marks over the heat maps (inferno has no cyan)
+
+
 def _legend_handles(entries):
     from matplotlib.patches import Patch
     return [Patch(facecolor=np.asarray(rgb) / 255.0, edgecolor='0.3', linewidth=0.5, label=name)
@@ -253,11 +256,13 @@ def _legend_handles(entries):
 
 
 def topdown_panels_png(path, coords, panels, title='', legend=None, max_z=None, panel_legends=None, view=None,
-                       colorbar=None):
+                       colorbar=None, colorbar_marks=(), outlines=None):
     """Top-down pictures of one scene side by side: ``panels`` [(title, colours uint8 [N, 3])]; ``legend``
     [(name, rgb)] under all of them; ``panel_legends`` {panel index: [(name, rgb)]} under one panel (the
     error panel's categories); ``max_z`` a ceiling crop; ``view`` an already computed ``TopDown``;
-    ``colorbar`` (cmap, lo, hi, label) beside the last panel (a heat map's scale)."""
+    ``colorbar`` (cmap, lo, hi, label) beside the last panel (a heat map's scale), ``colorbar_marks``
+    values marked by a line across it (say what they are in the label); ``outlines`` {panel index: (points bool [N], label)}: the outline of those
+    points drawn over the panel (e.g. the GT points of a queried class)."""
     plt = _pyplot()
     view = view if view is not None else TopDown(coords, max_z=max_z)
     h, w = view.shape
@@ -274,11 +279,21 @@ def topdown_panels_png(path, coords, panels, title='', legend=None, max_z=None, 
         if panel_legends and i in panel_legends:
             ax.legend(handles=_legend_handles(panel_legends[i]), loc='upper center', bbox_to_anchor=(0.5, -0.01),
                       ncol=2, fontsize=7, frameon=False)
+        if outlines and i in outlines:
+            points, label = outlines[i]
+            inside = (view.owner >= 0) & np.asarray(points, bool)[np.maximum(view.owner, 0)]
+            if inside.any() and not inside.all():
+                ax.contour(inside.astype(float), levels=[0.5], colors=[OUTLINE_COLOR], linewidths=1.0)
+                ax.plot([], [], color=OUTLINE_COLOR, linewidth=1.0, label=label)
+                ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.01), fontsize=7, frameon=False)
     if colorbar is not None:
         import matplotlib
         cmap, lo, hi, label = colorbar
         mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(lo, hi), cmap=cmap)
-        fig.colorbar(mappable, ax=axes[0][-1], fraction=0.046, pad=0.02, label=label)
+        bar = fig.colorbar(mappable, ax=axes[0][-1], fraction=0.046, pad=0.02, label=label)
+        for value in colorbar_marks:
+            if lo <= value <= hi:
+                bar.ax.axhline(value, color=OUTLINE_COLOR, linewidth=2)
     note = f'pixel {100 * view.pixel:.1f} cm' + ('' if max_z is None else f', points above z = {max_z:.2f} m cut')
     fig.text(0.99, 0.005, note, ha='right', va='bottom', fontsize=7, color='0.4')
     bottom = 0.0

@@ -24,7 +24,7 @@ DEMO_TRAIN_ROOMS=${DEMO_TRAIN_ROOMS:-16}
 net_overrides=()
 if [ -n "${DEMO_NET_EPOCHS:-}" ]; then net_overrides=(epochs "${DEMO_NET_EPOCHS}"); fi
 
-rm -rf data/demo_3d data/demo_multiview data/demo_text_embeddings.npy data/demo_manifest.jsonl exp/demo
+rm -rf data/demo_3d data/demo_multiview data/demo_text_embeddings.npy data/demo_query_embeddings.npy data/demo_queries.txt data/demo_manifest.jsonl exp/demo
 mkdir -p exp/demo
 timings=exp/demo/demo_timings.tsv
 : > "${timings}"

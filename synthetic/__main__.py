@@ -37,6 +37,7 @@ def main(argv=None):
     print(f"  3D scenes:       {res['data_root']}/{{train,val}}/")
     print(f"  fused features:  {res['feature_root']}/<scene>_0.pt")
     print(f"  text embeddings: {res['text_embeddings_path']}")
+    print(f"  query phrases:   {res['query_phrases_path']} (their text embeddings: {res['query_embeddings_path']})")
     for split, s in res['stats'].items():
         print(f"  {split:5s}: {s['scenes']} scenes, {s['points']} points, 2D coverage {s['coverage']:.3f}, "
               f"PLG mIoU {s['plg_miou']:.4f} (upstream: / all classes), {s['plg_miou_present']:.4f} "

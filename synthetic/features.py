@@ -81,6 +81,29 @@ def confused_as(info: DatasetInfo):
     return conf, strength
 
 
+# other words for the classes: the demo's query phrases (its text space is synthetic, so no CLIP model can encode
+# free text into it; these phrases are defined in it, next to their class)
+SYNONYMS = {'sofa': ('couch', 'settee'), 'chair': ('seat', 'armchair'), 'table': ('dining table',),
+            'cabinet': ('cupboard',), 'bookshelf': ('bookcase',), 'bookcase': ('bookshelf',), 'bed': ('bunk',),
+            'counter': ('worktop',), 'toilet': ('loo',), 'sink': ('washbasin',), 'curtain': ('drape',),
+            'bathtub': ('tub',), 'board': ('whiteboard',), 'window': ('pane',), 'door': ('doorway',)}
+
+
+def make_query_embeddings(info: DatasetInfo, text_embeddings, seed=0):
+    """(phrases, [P, D] unit rows): other words for the classes (``SYNONYMS``), each its class's text embedding
+    with a small personal deviation (cosine ~0.95 to it), as CLIP puts synonyms close together."""
+    rng = np.random.default_rng(_seed(seed, info.name, 'queries'))
+    phrases, rows = [], []
+    for c, name in enumerate(info.labels):
+        for phrase in SYNONYMS.get(name, ()):
+            noise = rng.normal(size=text_embeddings.shape[1])
+            noise -= noise @ text_embeddings[c] * text_embeddings[c]   # orthogonal to the class direction
+            row = text_embeddings[c] + 0.33 * noise / np.linalg.norm(noise)
+            phrases.append(phrase)
+            rows.append(row / np.linalg.norm(row))
+    return phrases, np.asarray(rows, np.float32)
+
+
 def make_text_embeddings(info: DatasetInfo, feat_dim=768, seed=0):
     """[C, D] unit rows with CLIP-like cosine similarities: similar pairs 0.80-0.90, the rest 0.60-0.75.
 

@@ -10,11 +10,12 @@ import torch
 from dataset.formats import (load_fused_features, load_scene_3d, load_text_embeddings, save_fused_features,
                              save_scene_3d, save_text_embeddings)
 from dataset.label_constants import IGNORE_LABEL, DatasetInfo, dataset_info
+from util.io import atomic_write_text
 from util.progress import progress
 from util.provenance import OutputManifest, array_digest
 from pipeline.metric import evaluate
-from synthetic.features import (RENDERED_FEATURE_PARAMS, FeatureParams, make_text_embeddings, plg_pseudo_labels,
-                                simulate_fused_features)
+from synthetic.features import (RENDERED_FEATURE_PARAMS, FeatureParams, make_query_embeddings, make_text_embeddings,
+                                plg_pseudo_labels, simulate_fused_features)
 from synthetic.geometry import _seed
 from synthetic.rooms import make_room, room_types
 from synthetic.scan import OVERSAMPLE, POINT_NOISE_STD, UNSEEN_KEEP, camera_visibility, sample_points
@@ -83,6 +84,17 @@ def make_scene(info: DatasetInfo, text_embeddings, room_type, name, index, seed=
                 feat=feat, mask_full=mask)
 
 
+def write_demo_queries(out, name, info, text, seed):
+    """``<out>/<name>_queries.txt`` (the phrases, ';'-separated) and ``<name>_query_embeddings.npy`` (their rows):
+    query phrases the synthetic text space defines (``make_query_embeddings``), for ``query.py queries``."""
+    phrases, rows = make_query_embeddings(info, text, seed)
+    query_path = os.path.join(out, f'{name}_query_embeddings.npy')
+    phrases_path = os.path.join(out, f'{name}_queries.txt')
+    save_text_embeddings(query_path, rows)
+    atomic_write_text(phrases_path, ';'.join(phrases) + '\n')
+    return query_path, phrases_path
+
+
 def make_synthetic_dataset(out, name, dataset='scannet', num_train=16, num_val=4, points_per_scene=20000,
                            seed=0, feat_dim=768, overwrite=False, params: Optional[FeatureParams] = None,
                            verbose=False, features='simulated'):
@@ -104,7 +116,9 @@ def make_synthetic_dataset(out, name, dataset='scannet', num_train=16, num_val=4
         text = make_text_embeddings(info, feat_dim, seed)
         save_text_embeddings(text_path, text)
     text = load_text_embeddings(text_path, info.num_classes, feat_dim)
+    query_path, phrases_path = write_demo_queries(out, name, info, text, seed)
     result = dict(data_root=data_root, feature_root=feature_root, text_embeddings_path=text_path,
+                  query_embeddings_path=query_path, query_phrases_path=phrases_path,
                   scenes={'train': [], 'val': []}, stats={}, skipped=0)
     preds = {'train': [], 'val': []}
     gts = {'train': [], 'val': []}

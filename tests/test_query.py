@@ -70,6 +70,23 @@ def test_class_queries_rank_their_class_first(trained):
     assert checked == 2 * 3  # wall, floor and the room's box class (cabinet or bed) in both rooms
 
 
+def test_one_colour_scale_for_the_queries_of_a_scene(trained):
+    """Two queries of a scene are drawn on one scale (the 1st-99th percentiles of all their scores), so their
+    pictures compare; it is written beside each query's statistics."""
+    import query
+    root, data = trained
+    query.main(argv(root, data, 'q_scale', queries='wall;floor;bed', scenes='scene0101_00'))
+    stats = read_json(os.path.join(root, 'q_scale', 'scene0101_00_queries.json'))['queries']
+    scales = {tuple(s['color_scale']) for s in stats.values()}
+    assert len(scales) == 1
+    lo, hi = scales.pop()
+    ply = PlyData.read(os.path.join(root, 'q_scale', 'scene0101_00_wall.ply'))['vertex']
+    scores = np.stack([PlyData.read(os.path.join(root, 'q_scale', f'scene0101_00_{q}.ply'))['vertex']['score']
+                       for q in ('wall', 'floor', 'bed')], 1)
+    assert len(ply['score']) == len(scores)
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(scores.astype(np.float64), [1, 99])), rel=1e-5)
+
+
 def test_labels_equal_to_class_names_reproduce_evaluate(trained):
     import evaluate
     import query
@@ -92,6 +109,31 @@ def test_labels_equal_to_class_names_reproduce_evaluate(trained):
     labels = read_json(os.path.join(root, 'q_other', 'labels.json'))
     assert labels['labels'] == ['floor', 'wall', 'table'] and len(labels['colors']) == 3
     assert os.path.getsize(os.path.join(root, 'q_other', 'legend.png')) > 0
+    # a name of the data set keeps its class colour in any label set
+    palette = [list(c) for c in dataset_info('scannet').palette]
+    assert labels['colors'] == [palette[1], palette[0], palette[6]]
+
+
+def test_another_label_set_is_scored_only_where_its_names_are_classes(trained):
+    """On a split with GT, a custom label set is scored against GT through the class names it shares with the
+    data set: GT points of other classes are not scored (earlier: a crash, or another class's points counted as
+    the label at the same index), and the summary says which classes were scored."""
+    import query
+    from pipeline.metric import confusion_matrix, evaluate_confusion
+    root, data = trained
+    labels = ['wall', 'floor', 'bed', 'sofa']  # sofa: a ScanNet class these rooms do not have
+    summary = query.main(argv(root, data, 'q_custom', labels=';'.join(labels)))
+    index = {'wall': 0, 'floor': 1, 'bed': 2}
+    conf = 0
+    for path in list_scenes(os.path.join(root, '3d'), 'val'):
+        gt = load_scene_3d(path)[2]
+        mapped = np.array([index.get(NAMES[c], 255) if c != 255 else 255 for c in gt])
+        conf = conf + confusion_matrix(np.load(os.path.join(root, 'q_custom', f'{scene_name(path)}_pred.npy')),
+                                       mapped, len(labels))
+    expected = evaluate_confusion(conf, labels)
+    assert summary['scored_classes'] == ['wall', 'floor', 'bed']  # present in GT and classes of ScanNet
+    assert summary['miou'] == pytest.approx(expected['miou_present'])
+    assert set(summary['iou']) == {'wall', 'floor', 'bed'}
 
 
 def test_score_is_the_mean_cosine_over_voxelisations(trained):
