@@ -1,4 +1,5 @@
-# Two commands on a fresh machine:  `make demo`  (full pipeline on synthetic data)  and  `make test`.
+# Two commands on a fresh machine:  `make demo`  (full pipeline on synthetic data)  and  `make test`
+# (`make test ARGS="-k spconv"` passes arguments to pytest).
 # Both create .venv and install the requirements and the project (pip install -e .) first, once.
 # CPU-only machine: `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` (installation.md).
 PY ?= python3
@@ -22,7 +23,7 @@ demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash run/demo.sh
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q $(ARGS)
 
 bench: $(STAMP)
 	$(PYTHON) bench/sparse_unet.py --device cpu --scale 0.05

@@ -54,6 +54,8 @@ def _query_keys():
         Key('input_up_axis', str, 'z', 'the up axis of the input scans (y for ARKit and many phone apps)', 'QUERY',
             **one_of('x', 'y', 'z')),
         Key('input_scale', float, 1.0, 'to metres: 0.001 for scans in millimetres', 'QUERY', **POSITIVE),
+        Key('input_checks', bool, True, "refuse an own scan whose size is not a room's (0.5-200 m: input_scale?) or "
+            'whose largest plane, the floor, is not horizontal (input_up_axis?)', 'QUERY'),
         Key('ess_embedding_path', str, '${exp_root}/ess_embeddings', 'feature_type ess: the ESS inference output',
             'QUERY'),
         Key('score_threshold', float, 0.2, 'cosine similarity; the JSON reports the share of points above it',
@@ -91,7 +93,7 @@ def build_dataset(cfg):
         if cfg.scenes:
             raise ValueError("give either input (own scans) or scenes (of the data set), not both")
         return ScanLoader(list_scans(cfg.input), cfg.voxel_size, input_color=cfg.input_color, seed=cfg.manual_seed,
-                          up_axis=cfg.input_up_axis, scale=cfg.input_scale)
+                          up_axis=cfg.input_up_axis, scale=cfg.input_scale, checks=cfg.input_checks)
     dataset = eval_dataset(cfg, cfg.split)
     if not cfg.scenes:
         return dataset
@@ -137,7 +139,7 @@ class SceneWriter:
         # ---- segmentation with the label set
         atomic_np_save(os.path.join(out, f'{r.name}_pred.npy'), r.pred)
         pred_colors = vis.labels_to_colors(r.pred, self.palette)
-        vis.write_ply(os.path.join(out, f'{r.name}_pred.ply'), r.coords, pred_colors, r.pred)
+        vis.write_ply(os.path.join(out, f'{r.name}_pred.ply'), r.file_coords, pred_colors, r.pred)
         panels = [('colours', r.colors), ('prediction', pred_colors)]
         shown = set(np.unique(r.pred).tolist())
         panel_legends = None
@@ -168,7 +170,7 @@ class SceneWriter:
             missing = None if cfg.feature_type == 'distill' or r.covered is None else ~r.covered
             heat = vis.heat_colors(score, lo, hi, missing=missing)
             base = f'{r.name}_{slug}'
-            vis.write_ply(os.path.join(out, base + '.ply'), r.coords, heat,
+            vis.write_ply(os.path.join(out, base + '.ply'), r.file_coords, heat,
                           extra={'score': score, 'scan_red': r.colors[:, 0], 'scan_green': r.colors[:, 1],
                                  'scan_blue': r.colors[:, 2]})
             outline = None

@@ -288,9 +288,12 @@ def train(cfg, dist_info, device, logger):
                 is_best = miou > best_miou
                 best_miou = max(best_miou, miou)
                 best_epoch = epoch + 1 if is_best else best_epoch
-                scalars.update({'val/miou': miou, 'val/macc': result['macc'], **per_class_scalars(result, 'val/iou')})
+                votes = f'{cfg.val_repeats}vox'  # voxelisations summed; evaluate.py sums test_repeats of them
+                scalars.update({f'val/miou_{votes}': miou, f'val/macc_{votes}': result['macc'],
+                                **per_class_scalars(result, f'val/iou_{votes}')})
                 message = (f"  val mIoU {miou:.4f}  mAcc {result['macc']:.4f}  best {best_miou:.4f}"
-                           f"{'  *' if is_best else ''}")
+                           f"{'  *' if is_best else ''}  ({cfg.val_repeats} voxelisation"
+                           f"{'s' if cfg.val_repeats > 1 else ''}; evaluate.py sums test_repeats)")
         if du.is_main_process():
             save_best_and_last(cfg.save_path, is_best, model=model, optimizer=optimizer, epoch=epoch + 1,
                                best_metric=best_miou, best_epoch=best_epoch,

@@ -179,6 +179,12 @@ class SceneResult:
     embedding: Optional[np.ndarray] = None       # float32 [M, D] mean unit embedding E of ``embedding_rows``
     embedding_rows: Optional[np.ndarray] = None  # int64 [M]
     info: dict = field(default_factory=dict)
+    input_coords: Optional[np.ndarray] = None    # float64 [N, 3]: an own scan's points in its own frame and unit
+
+    @property
+    def file_coords(self):
+        """The coordinates written into output files: an own scan's own frame (so they overlay it), else ``coords``."""
+        return self.coords if self.input_coords is None else self.input_coords
 
 
 class ScoreAccumulator:
@@ -341,6 +347,11 @@ class SceneSubset(torch.utils.data.Dataset):
     def scene_name(self, index):
         return self.base.scene_name(self.indices[index])
 
+    def __getattr__(self, name):  # the base's optional parts (an own scan's ``frame``), in this view's numbering
+        if name == 'frame' and hasattr(self.base, 'frame'):
+            return lambda index: self.base.frame(self.indices[index])
+        raise AttributeError(name)
+
 
 def coverage_mask(feat_root, data_path, num_points):
     """bool [N]: the points of a scene that have a fused 2D feature, from its first fused-feature file; None
@@ -392,11 +403,12 @@ def run_scenes(cfg, model, dataset, label_embeddings, query_embeddings, device, 
         path = dataset.data_paths[index]
         if covered is None and feature_type == 'distill':
             covered = coverage_mask(coverage_root, path, len(coords))
+        frame = dataset.frame(index) if hasattr(dataset, 'frame') else None  # own scans
         on_result(SceneResult(
             name=dataset.scene_name(index), path=path, coords=np.asarray(coords, np.float32),
             colors=np.clip(np.rint(colors), 0, 255).astype(np.uint8), gt=np.asarray(gt, np.int64),
             has_gt=bool((np.asarray(gt) != IGNORE_LABEL).any()), pred=pred, scores=scores, covered=covered,
-            embedding=emb, embedding_rows=rows))
+            embedding=emb, embedding_rows=rows, input_coords=None if frame is None else frame.to_input(coords)))
 
     conf, _ = predict_split(
         model, dataset, label_embeddings, device=device, test_repeats=cfg.test_repeats, seed=cfg.manual_seed,

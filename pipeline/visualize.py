@@ -55,13 +55,15 @@ def error_colors(pred, gt, num_classes, covered=None):
 
 
 def write_ply(path, coords, colors, labels=None, extra=None):
-    """Binary PLY with x, y, z (float32), red, green, blue (uint8), optionally a 'label' per vertex and
+    """Binary PLY with x, y, z (float32; float64 when ``coords`` are float64, as an own scan's coordinates in its
+    own frame, which may be georeferenced), red, green, blue (uint8), optionally a 'label' per vertex and
     ``extra``: {property name: array [N]} (uint8 arrays stay uchar, anything else is written as float32: e.g.
     a query's 'score')."""
     from plyfile import PlyData, PlyElement
-    coords = np.asarray(coords, np.float32)
+    xyz = 'f8' if np.asarray(coords).dtype == np.float64 else 'f4'
+    coords = np.asarray(coords, np.float64 if xyz == 'f8' else np.float32)
     colors = np.asarray(colors, np.uint8)
-    fields = [('x', 'f4'), ('y', 'f4'), ('z', 'f4'), ('red', 'u1'), ('green', 'u1'), ('blue', 'u1')]
+    fields = [('x', xyz), ('y', xyz), ('z', xyz), ('red', 'u1'), ('green', 'u1'), ('blue', 'u1')]
     if labels is not None:
         fields.append(('label', 'i4'))
     extra = dict(extra or {})

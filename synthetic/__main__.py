@@ -1,7 +1,7 @@
 """python -m synthetic: write a synthetic ScanNet- or S3DIS-like dataset (docs/synthetic_data.md).
 
     python -m synthetic --out data --name demo --dataset scannet --num-train 16 --num-val 4 --points 20000 \\
-        --seed 0 [--overwrite]
+        --seed 0 --features rendered [--overwrite]
 """
 import argparse
 
@@ -10,17 +10,19 @@ from util.cli import run_cli
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description='Write a synthetic ScanNet/S3DIS-like dataset (docs/synthetic_data.md).')
+    p = argparse.ArgumentParser(prog='python -m synthetic',
+                                description='Write a synthetic ScanNet/S3DIS-like dataset (docs/synthetic_data.md).',
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--out', default='data', help='output folder')
     p.add_argument('--name', default='demo', help='dataset name: <out>/<name>_3d, <name>_multiview, ...')
     p.add_argument('--dataset', default='scannet', choices=['scannet', 's3dis'], help='label space')
-    p.add_argument('--num-train', type=int, default=16)
-    p.add_argument('--num-val', type=int, default=4)
+    p.add_argument('--num-train', type=int, default=16, help='training rooms')
+    p.add_argument('--num-val', type=int, default=4, help='validation rooms')
     p.add_argument('--points', type=int, default=20000, help='points per scene')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--feat-dim', type=int, default=768)
+    p.add_argument('--seed', type=int, default=0, help='every random draw of the world follows it')
+    p.add_argument('--feat-dim', type=int, default=768, help='width of the fused features and text embeddings')
     p.add_argument('--overwrite', action='store_true', help='regenerate existing files')
-    p.add_argument('--features', default='simulated', choices=['simulated', 'rendered'],
+    p.add_argument('--features', default='rendered', choices=['simulated', 'rendered'],
                    help="fused features: 'simulated' (formula on analytic visibility, fast) or 'rendered' "
                         "(ray-cast RGB-D + 2D feature frames fused by prep/fusion.py)")
     p.add_argument('--verbose', action='store_true', help='one line per scene')

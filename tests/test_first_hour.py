@@ -132,3 +132,40 @@ def test_a_stage_outside_its_experiment_is_refused(tmp_path):
                             env=dict(os.environ, PYTHONPATH=ROOT, PYTHON=sys.executable))
     assert driver.returncode == 2 and 'outside the experiment folder' in driver.stderr and 'Traceback' not in \
         driver.stderr
+
+
+def test_the_viewer_takes_folder_names_literally(tmp_path):
+    """A folder whose name holds glob characters ('esg [v2]') is found and read like any other."""
+    from viewer.data import resolve_folder
+    folder = tmp_path / 'esg [v2]'
+    (folder / 'result_eval').mkdir(parents=True)
+    config = folder / 'result_eval' / 'eval_config.yaml'
+    config.write_text('TEST:\n  test_repeats: 1\n  model_path: m.pth\n  save_folder: out\n')
+    (folder / 'best.pth').write_bytes(b'')
+    assert resolve_folder(str(folder)) == (str(config), str(folder / 'best.pth'))
+
+
+@pytest.mark.slow
+def test_one_command_runs_a_whole_experiment_and_resumes(tmp_path):
+    """``sh run/pipeline.sh demo <name>`` on tiny rooms: the five stages into exp/demo/<name>/ (run from another
+    folder), the viewer finds the evaluation, and a second run continues instead of starting over."""
+    from viewer.data import resolve_folder
+    root = str(tmp_path / 'data')
+    data = make_tiny_dataset(root)
+    small = ['ess:epochs', '2', 'ess:num_points', '200', 'ess:batch_size', '2', 'esg:epochs', '1', 'esg:batch_size',
+             '2', 'esg:loop', '1', 'eval:test_repeats', '1', 'workers', '0']
+    run = subprocess.run(['sh', os.path.join(ROOT, 'run/pipeline.sh'), 'demo', 'tiny', *data, *small],
+                         cwd=str(tmp_path), capture_output=True, text=True, timeout=900,
+                         env=dict(os.environ, PYTHONPATH=ROOT, PYTHON=sys.executable))
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    exp = tmp_path / 'exp' / 'demo' / 'tiny'
+    for produced in ('plg/plg_summary.json', 'ess/best.pth', 'ess_embeddings', 'esg/best.pth',
+                     'esg/result_eval/eval_summary.json'):
+        assert (exp / produced).exists(), produced
+    config, checkpoint = resolve_folder(str(exp / 'esg'))
+    assert config.startswith(str(exp / 'esg' / 'result_eval')) and checkpoint == str(exp / 'esg' / 'best.pth')
+    again = subprocess.run(['sh', os.path.join(ROOT, 'run/pipeline.sh'), 'demo', 'tiny', *data, *small],
+                           cwd=str(tmp_path), capture_output=True, text=True, timeout=900,
+                           env=dict(os.environ, PYTHONPATH=ROOT, PYTHON=sys.executable))
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert 'already done' in again.stdout and "resume auto: continuing from" in again.stdout + again.stderr

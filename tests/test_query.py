@@ -242,6 +242,51 @@ def test_own_scans_ply_mesh_and_pth(trained):
     assert sorted(summary['scenes']) == ['mesh', 'room', 'scan']
 
 
+def write_xyz_ply(path, xyz, rgb):
+    v = np.empty(len(xyz), dtype=[('x', '<f8'), ('y', '<f8'), ('z', '<f8'), ('red', 'u1'), ('green', 'u1'),
+                                  ('blue', 'u1')])
+    v['x'], v['y'], v['z'] = xyz.T
+    v['red'], v['green'], v['blue'] = rgb.T
+    PlyData([PlyElement.describe(v, 'vertex')], text=False).write(path)
+    return path
+
+
+def test_own_scan_frames_outputs_overlay_the_input(trained):
+    """A y-up scan without ``input_up_axis y`` is refused (its floor would be read as a wall); with it, and for a
+    georeferenced scan (offsets of 10^5-10^6 m, float64), the output PLYs are in the scan's own frame and unit, to
+    the millimetre, and the labels are those of the z-up scan; a scan in millimetres without input_scale is refused."""
+    import query
+    root, data = trained
+    scene = load_scene_3d(list_scenes(os.path.join(root, '3d'), 'val')[0])
+    rgb = np.clip(np.rint((scene.colors + 1) * 127.5), 0, 255).astype(np.uint8)
+    xyz = scene.coords.astype(np.float64)
+    folder = os.path.join(root, 'frames')
+    os.makedirs(folder, exist_ok=True)
+    z_up = write_xyz_ply(os.path.join(folder, 'zup.ply'), xyz, rgb)
+    y_up = write_xyz_ply(os.path.join(folder, 'yup.ply'), np.stack([xyz[:, 0], xyz[:, 2], -xyz[:, 1]], 1), rgb)
+    geo_xyz = xyz + np.array([512345.678, 4123456.789, 87.5])
+    geo = write_xyz_ply(os.path.join(folder, 'geo.ply'), geo_xyz, rgb)
+    mm = write_xyz_ply(os.path.join(folder, 'mm.ply'), xyz * 1000, rgb)
+    query.main(argv(root, data, 'f_z', input=z_up))
+    reference = np.load(os.path.join(root, 'f_z', 'zup_pred.npy'))
+    with pytest.raises(ValueError, match=r"largest plane is vertical.*looks y-up: give input_up_axis y"):
+        query.main(argv(root, data, 'f_y_bad', input=y_up))
+    query.main(argv(root, data, 'f_y', input=y_up, input_up_axis='y'))
+    out = PlyData.read(os.path.join(root, 'f_y', 'yup_pred.ply'))['vertex']
+    np.testing.assert_allclose(np.stack([out['x'], out['y'], out['z']], 1), PlyData.read(y_up)['vertex'].data[
+        ['x', 'y', 'z']].tolist(), atol=1e-6)
+    assert (np.load(os.path.join(root, 'f_y', 'yup_pred.npy')) == reference).mean() > 0.99
+    query.main(argv(root, data, 'f_geo', input=geo, queries='floor'))
+    for name in ('geo_pred.ply', 'geo_floor.ply'):
+        out = PlyData.read(os.path.join(root, 'f_geo', name))['vertex']
+        assert out['x'].dtype == np.float64
+        assert np.abs(np.stack([out['x'], out['y'], out['z']], 1) - geo_xyz).max() < 1e-3  # a millimetre
+    with pytest.raises(ValueError, match=r"spans 5..\.00 m after input_scale 1, but an indoor room.*input_scale 0.001"):
+        query.main(argv(root, data, 'f_mm', input=mm))
+    query.main(argv(root, data, 'f_mm_ok', input=mm, input_scale=0.001))
+    assert (np.load(os.path.join(root, 'f_mm_ok', 'mm_pred.npy')) == reference).mean() > 0.99
+
+
 def test_large_scans_run_in_tiles(trained, monkeypatch):
     """max_voxels cuts a voxelisation into tiles with a margin of context; inside the tiles the prediction is
     the whole scene's (the U-Net's receptive field is larger than the margin, so not everywhere)."""

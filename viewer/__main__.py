@@ -17,14 +17,20 @@ from util.misc import get_device, set_seed
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog='python -m viewer', description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog='python -m viewer', description=__doc__.splitlines()[0],
+        usage='python -m viewer <folder> [--host ADDRESS] [--port PORT] [options] [key value ...]',
+        epilog="key value: overrides of the folder's config with query.py's keys (python query.py --help lists them), "
+               "before or after the options, e.g. input my_room.ply input_up_axis y, feature_type ess, split train. "
+               "Default address: http://127.0.0.1:8080 (forward it over SSH from a laptop).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('folder', help='experiment folder (<exp> with best.pth), evaluation result folder, or a '
                                        'query.py output folder')
     parser.add_argument('--config', default=None, help='evaluation config (default: found in the folder)')
     parser.add_argument('--host', default='127.0.0.1',
-                        help='address to listen on (default 127.0.0.1: reach it through SSH forwarding; '
-                             '0.0.0.0 opens it to the network)')
-    parser.add_argument('--port', type=int, default=8080)
+                        help='address to listen on (127.0.0.1: reach it through SSH forwarding; 0.0.0.0 opens it '
+                             'to the network)')
+    parser.add_argument('--port', type=int, default=8080, help='port to listen on')
     parser.add_argument('--max-points', type=int, default=150_000,
                         help='points shown and embedded per scene (a seeded random subset of larger scenes)')
     parser.add_argument('--point-size', type=float, default=None, help='metres (default: twice the point spacing)')
