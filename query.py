@@ -252,6 +252,11 @@ def answer(cfg, device, logger):
                                                      embeddings_path='' if queries else cfg.query_embeddings)
     query_emb, query_sources = q.text_embeddings_for(cfg, info, queries, 'queries', embeddings_path=cfg.query_embeddings)
     dataset = build_dataset(cfg)
+    if cfg.text_embeddings_path and any(src.startswith('open_clip') for src in label_sources + query_sources):
+        logger.warning(f"the class rows come from the file text_embeddings_path '{cfg.text_embeddings_path}', the "
+                       f"free text from open_clip {cfg.clip_model}: their scores compare only if that file holds "
+                       f"{cfg.clip_model}'s text embeddings (the demo's file is a synthetic space no CLIP model "
+                       f"encodes into)")
 
     model = None
     if cfg.feature_type == 'distill':

@@ -101,10 +101,12 @@ def text_embeddings_for(cfg, info, names, what='queries', embeddings_path=''):
                 others, model_name=cfg.get('clip_model', 'ViT-L-14-336'),
                 pretrained=cfg.get('clip_pretrained', 'openai') or '', template=template,
                 cache_dir=cfg.get('text_cache_dir', '') or '')
-        except WeightsUnavailable as err:
+        except WeightsUnavailable:
+            model = cfg.get('clip_model', '')
             raise WeightsUnavailable(
-                f"{what} {others} are not class names of {info.name}, so CLIP must encode them, but {err}. Either give "
-                f"the weights: clip_pretrained <a local checkpoint of {cfg.get('clip_model', '')}>, or give the text "
+                f"{what} {others} are not class names of {info.name}, so CLIP must encode them, but the weights "
+                f"'{cfg.get('clip_pretrained', '')}' of {model} are not on this machine and the model hub cannot be "
+                f"reached. Either give the weights: clip_pretrained <a local checkpoint of {model}>, or give the text "
                 f"embeddings: query_embeddings <file.npy> (one row per name, in the order given)") from None
         except Exception as err:
             raise RuntimeError(f"{what} {others} are not class names of {info.name}, so open_clip must encode them "

@@ -167,7 +167,8 @@ def build_clip_text_model(model_name='ViT-L-14-336', pretrained='openai', device
             and not hub_reachable():
         raise WeightsUnavailable(
             f"the CLIP weights '{pretrained}' of {model_name} are not on this machine and the model hub "
-            f"({_HUB_HOST}) cannot be reached (offline, or HF_HUB_OFFLINE set)")
+            f"({_HUB_HOST}) cannot be reached (offline, or HF_HUB_OFFLINE set); give the weights yourself: "
+            f"clip_pretrained <a local checkpoint of {model_name}>, or skip CLIP: text_embeddings_path <a [C, D] .npy>")
     try:
         model = open_clip.create_model(name, pretrained=pretrained or None, device=device,
                                        force_quick_gelu=needs_quick_gelu(name, pretrained))

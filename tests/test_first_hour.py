@@ -169,3 +169,22 @@ def test_one_command_runs_a_whole_experiment_and_resumes(tmp_path):
                            env=dict(os.environ, PYTHONPATH=ROOT, PYTHON=sys.executable))
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert 'already done' in again.stdout and "resume auto: continuing from" in again.stdout + again.stderr
+
+
+def test_free_text_without_clip_weights_fails_in_seconds_naming_both_ways_out(tiny, monkeypatch):
+    import time
+
+    import query
+    from helpers import EVAL_CONFIG
+    from pipeline import text_embeddings as te
+    root, data = tiny
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setattr(te, 'weights_on_disk', lambda *a: False)  # as on a machine that never downloaded them
+    start = time.perf_counter()
+    with pytest.raises(te.WeightsUnavailable) as refused:
+        query.main(['--config', EVAL_CONFIG, *data, 'feature_type', 'fusion', 'queries', 'a cosy armchair',
+                    'save_folder', os.path.join(root, 'q_offline')])
+    assert time.perf_counter() - start < 5
+    message = str(refused.value)
+    assert "'a cosy armchair'" in message and 'clip_pretrained <a local checkpoint' in message
+    assert 'query_embeddings <file.npy>' in message

@@ -100,6 +100,7 @@ def test_offline_errors(tmp_path, monkeypatch):
         raise RuntimeError('Cannot reach the Hugging Face hub (HF_HUB_OFFLINE=1)')
 
     monkeypatch.setattr(open_clip, 'create_model', no_hub)
+    monkeypatch.setattr(te, 'weights_on_disk', lambda *a: True)  # cached weights: open_clip itself fails
     with pytest.raises(RuntimeError, match='clip_pretrained.*text_embeddings_path'):
         te.load_or_compute_text_embeddings(['chair'], model_name='ViT-B-32', pretrained='openai')
     with pytest.raises(FileNotFoundError, match='clip_pretrained'):
@@ -108,6 +109,23 @@ def test_offline_errors(tmp_path, monkeypatch):
         te.load_or_compute_text_embeddings(['chair'], model_name='NoSuchNet', pretrained='')
     with pytest.raises(ValueError, match='{}'):
         te.apply_template(['chair'], 'no placeholder')
+
+
+def test_missing_weights_offline_fail_at_once(monkeypatch):
+    """A tag whose weights are not cached, with the hub unreachable, fails before open_clip tries to download
+    (which retries for about a minute), naming both ways out."""
+    import time
+    calls = []
+    monkeypatch.setattr(open_clip, 'create_model', lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(te, 'weights_on_disk', lambda *a: False)
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    start = time.perf_counter()
+    with pytest.raises(te.WeightsUnavailable, match='clip_pretrained <a local checkpoint.*text_embeddings_path'):
+        te.build_clip_text_model('ViT-B-32', 'openai')
+    assert time.perf_counter() - start < 5 and not calls
+    monkeypatch.setattr(te, 'weights_on_disk', lambda *a: True)  # cached: open_clip is asked as before
+    te.build_clip_text_model('ViT-B-32', 'openai')
+    assert calls
 
 
 def test_openai_tags_are_built_with_quick_gelu(tmp_path):
