@@ -54,22 +54,24 @@ def test_a_relative_path_says_where_it_was_looked_for(tmp_path):
     assert "folder 'data/demo_3d'" in line and f"'{tmp_path}/data/demo_3d'" in line and 'current folder' in line
 
 
-def test_missing_optional_package_is_one_line(tmp_path):
+def test_missing_optional_package_is_one_line(tiny, tmp_path):
+    _, data = tiny
     code = '\n'.join([
         "import sys; sys.modules['spconv'] = None",
         'from util.cli import run_cli',
         'import evaluate',
-        f"run_cli(evaluate.main, ['--config', 'config/demo/openseg_eval.yaml', 'data_root', {str(tmp_path)!r}, "
+        f"run_cli(evaluate.main, ['--config', 'config/demo/openseg_eval.yaml', *{data!r}, "
         f"'model_path', {__file__!r}, 'sparse_conv', 'spconv', 'save_folder', {str(tmp_path / 'out')!r}])",
     ])
     assert_one_line(run_stage([], code=code), 'sparse_conv spconv needs the spconv package', 'spconv-cu126')
 
 
-def test_an_unreadable_checkpoint_is_one_line(tmp_path):
+def test_an_unreadable_checkpoint_is_one_line(tiny, tmp_path):
+    _, data = tiny
     bad = tmp_path / 'best.pth'
     bad.write_bytes(b'not a checkpoint')
-    line = assert_one_line(run_stage(['evaluate.py', '--config', 'config/demo/openseg_eval.yaml', 'data_root',
-                                      str(tmp_path), 'model_path', str(bad), 'save_folder', str(tmp_path / 'out')]))
+    line = assert_one_line(run_stage(['evaluate.py', '--config', 'config/demo/openseg_eval.yaml', *data,
+                                      'model_path', str(bad), 'save_folder', str(tmp_path / 'out')]))
     assert str(bad) in line
 
 
@@ -106,14 +108,14 @@ def test_resume_with_another_schedule_is_refused(tiny):
         train_esg.main(train_argv(root, data, save_path=save, epochs=3, resume=os.path.join(save, 'last.pth')))
 
 
-def test_a_stage_outside_its_experiment_is_refused(tmp_path):
+def test_a_stage_outside_its_experiment_is_refused(tiny, tmp_path):
     """``sh run/esg.sh exp/A <config>``: the output folder is not in exp_root, and the targets would come from
     exp_root's experiment; refused naming both. Inside the experiment, or with the targets given, it runs on."""
     import train_esg
     from util.config import check_one_experiment, load_config
-    (tmp_path / 'data').mkdir()
+    _, data = tiny
     (tmp_path / 'exp' / 'scannet' / 'ess_embeddings').mkdir(parents=True)  # the other experiment's targets exist
-    argv = ['--config', os.path.join(ROOT, 'config/demo/openseg_train.yaml'), 'data_root', str(tmp_path / 'data'),
+    argv = ['--config', os.path.join(ROOT, 'config/demo/openseg_train.yaml'), *data,
             'exp_root', str(tmp_path / 'exp' / 'scannet')]
     cfg = load_config(argv + ['save_path', str(tmp_path / 'exp' / 'A')], train_esg.SCHEMA)
     with pytest.raises(ConfigError) as refused:
@@ -126,7 +128,7 @@ def test_a_stage_outside_its_experiment_is_refused(tmp_path):
                         train_esg.SCHEMA)
     check_one_experiment(given, 'ESG training', 'save_path', ('esg_targets',))
     driver = subprocess.run(['sh', os.path.join(ROOT, 'run/esg.sh'), str(tmp_path / 'exp' / 'A'),
-                             os.path.join(ROOT, 'config/demo/openseg_train.yaml'), 'data_root', str(tmp_path / 'data'),
+                             os.path.join(ROOT, 'config/demo/openseg_train.yaml'), *data,
                              'exp_root', str(tmp_path / 'exp' / 'scannet')],
                             capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, PYTHONPATH=ROOT, PYTHON=sys.executable))
@@ -183,7 +185,7 @@ def test_free_text_without_clip_weights_fails_in_seconds_naming_both_ways_out(ti
     start = time.perf_counter()
     with pytest.raises(te.WeightsUnavailable) as refused:
         query.main(['--config', EVAL_CONFIG, *data, 'feature_type', 'fusion', 'queries', 'a cosy armchair',
-                    'save_folder', os.path.join(root, 'q_offline')])
+                    'model_path', __file__, 'save_folder', os.path.join(root, 'q_offline')])
     assert time.perf_counter() - start < 5
     message = str(refused.value)
     assert "'a cosy armchair'" in message and 'clip_pretrained <a local checkpoint' in message
