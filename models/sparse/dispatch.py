@@ -133,3 +133,16 @@ def make_autograd_functions(name, forward, backward):
 
     return {'cpu': make('cpu'), 'cuda': make('cuda')}
 
+
+
+def make_sparse_conv(name, forward, backward, devices='cpu and cuda tensors'):
+    """An implementation's ``run`` (``sparse_conv``'s signature) from its compute pair: the autograd functions of
+    ``make_autograd_functions``, the one for the features' device; ``devices`` says where it runs, for the error."""
+    functions = make_autograd_functions(name, forward, backward)
+
+    def run(features, kernel, kernel_map, num_out):
+        fn = functions.get(features.device.type)
+        if fn is None:
+            raise NotImplementedError(f'{name} runs on {devices}, found {features.device}')
+        return fn.apply(features, kernel, kernel_map, num_out)
+    return run

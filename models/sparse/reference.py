@@ -10,7 +10,7 @@ features for a 3x3x3 conv), and the saved features are kept in the compute dtype
 """
 import torch
 
-from models.sparse.dispatch import make_autograd_functions, register
+from models.sparse.dispatch import make_sparse_conv, register
 
 
 def _accumulate_dtype(dtype):
@@ -67,15 +67,8 @@ def _backward(grad_out, features, kernel3, kernel_map, need_features, need_kerne
     return grad_f, grad_k
 
 
-_FUNCTIONS = make_autograd_functions('SparseConvFunction', _forward, _backward)
-
-
-def reference_sparse_conv(features, kernel, kernel_map, num_out):
-    """``sparse_conv`` through the reference path (no shape checks: ``dispatch.sparse_conv`` makes them)."""
-    fn = _FUNCTIONS.get(features.device.type)
-    if fn is None:
-        raise NotImplementedError(f'sparse_conv supports cpu and cuda tensors, found {features.device}')
-    return fn.apply(features, kernel, kernel_map, num_out)
+# ``sparse_conv`` through the reference path (no shape checks: ``dispatch.sparse_conv`` makes them)
+reference_sparse_conv = make_sparse_conv('SparseConvFunction', _forward, _backward)
 
 
 register('reference', reference_sparse_conv)

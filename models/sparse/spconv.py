@@ -31,7 +31,7 @@ import functools
 
 import torch
 
-from models.sparse.dispatch import make_autograd_functions, register
+from models.sparse.dispatch import make_sparse_conv, register
 
 INSTALL_HINT = ("install the spconv wheel that matches your PyTorch's CUDA: pip install spconv-cu126 (CUDA 12.6; "
                 "likewise spconv-cu124, spconv-cu121, spconv-cu120, spconv-cu118), or pip install spconv for the "
@@ -157,15 +157,8 @@ def _backward(grad_out, features, kernel3, kernel_map, need_features, need_kerne
     return (grad_f if need_features else None), (grad_k if need_kernel else None)
 
 
-_FUNCTIONS = make_autograd_functions('SpconvSparseConvFunction', _forward, _backward)
-
-
-def spconv_sparse_conv(features, kernel, kernel_map, num_out):
-    """``sparse_conv`` through spconv (no shape checks: ``dispatch.sparse_conv`` makes them)."""
-    fn = _FUNCTIONS.get(features.device.type)
-    if fn is None:
-        raise NotImplementedError(f'sparse_conv supports cpu and cuda tensors, found {features.device}')
-    return fn.apply(features, kernel, kernel_map, num_out)
+# ``sparse_conv`` through spconv (no shape checks: ``dispatch.sparse_conv`` makes them)
+spconv_sparse_conv = make_sparse_conv('SpconvSparseConvFunction', _forward, _backward)
 
 
 register('spconv', spconv_sparse_conv, prepare, check=_spconv)

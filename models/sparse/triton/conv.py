@@ -8,7 +8,7 @@ import torch
 import triton
 
 from models.sparse import settings
-from models.sparse.dispatch import make_autograd_functions
+from models.sparse.dispatch import make_sparse_conv
 from models.sparse.triton import kernels
 from models.sparse.triton.plan import gather_plan, gemm_config, is_dense, weight_grad_config, weight_grad_slices
 
@@ -98,13 +98,6 @@ def _backward(g, x, w3, kernel_map, need_features, need_kernel):
     return grad_f, grad_k
 
 
-_FUNCTIONS = make_autograd_functions('TritonSparseConvFunction', _forward, _backward)
-
-
-def triton_sparse_conv(features, kernel, kernel_map, num_out):
-    """``sparse_conv`` through the Triton kernels (CUDA; CPU only under ``TRITON_INTERPRET=1``)."""
-    fn = _FUNCTIONS.get(features.device.type)
-    if fn is None:
-        raise NotImplementedError(f'the triton sparse_conv runs on cuda (or cpu under TRITON_INTERPRET=1), '
-                                  f'found {features.device}')
-    return fn.apply(features, kernel, kernel_map, num_out)
+# ``sparse_conv`` through the Triton kernels (CUDA; CPU only under ``TRITON_INTERPRET=1``)
+triton_sparse_conv = make_sparse_conv('TritonSparseConvFunction', _forward, _backward,
+                                      devices='cuda (or cpu under TRITON_INTERPRET=1)')
