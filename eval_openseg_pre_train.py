@@ -142,7 +142,7 @@ def infer(cfg, device, logger):
         n_points = n_covered = n_scored = written = skipped = 0
         for item in progress(loader, f'ESS inference {split}', log=logger.info, unit='scene'):
             out_path = os.path.join(cfg.ess_embedding_path, f"{item['scene']}_0.pt")
-            current, why = manifest.check(item['scene'], item['feat_paths'], [out_path])
+            current, why = manifest.check(item['scene'], [*item['feat_paths'], model_path], [out_path])
             if current and not cfg.overwrite:
                 adapted = load_written(out_path, item['mask_full'], model.feat_dim)
                 skipped += 1
@@ -151,7 +151,7 @@ def infer(cfg, device, logger):
                     logger.info(f"recomputing '{item['scene']}': {why}")
                 adapted = adapt_scene(model, item['feat'], device)
                 formats.save_fused_features(out_path, adapted, item['mask_full'])
-                manifest.record(item['scene'], item['feat_paths'], [out_path])
+                manifest.record(item['scene'], [*item['feat_paths'], model_path], [out_path])
                 adapted, written = adapted.half(), written + 1
             if not item['has_labels']:
                 continue

@@ -43,6 +43,7 @@ from util.cli import run_cli
 from util.config import Key, Schema, check_one_experiment, load_config
 from util.io import atomic_write_text
 from util.misc import AverageMeter, Timer, batch_scene_names, format_eta, set_seed
+from util.provenance import check_upstream, refresh_command
 from util.run_folder import RunFolder
 from util.tensorboard import close_writer, create_writer, log_scalars
 
@@ -223,6 +224,9 @@ def train(cfg, dist_info, device, logger):
         raise ValueError(f'batch_size {cfg.batch_size} must be a multiple of the {dist_info.world_size} processes')
     from dataset.feature_loader import collation_fn
     train_set = build_train_set(cfg, text_embeddings.shape[1])
+    scenes = [train_set.scene_name(i) for i in range(len(train_set.data_paths))]
+    check_upstream(cfg.esg_targets, 'ess', scenes, 'ESG training', refresh_command(
+        'eval_openseg_pre_train.py', os.path.join(cfg.exp_root, 'ess'), 'ess_infer_config.yaml', 'run/ess_eval.sh'))
     sampler = DistributedSampler(train_set, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True,
                                  seed=cfg.manual_seed)
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size // dist_info.world_size, sampler=sampler,

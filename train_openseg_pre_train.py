@@ -31,6 +31,7 @@ from util.cli import run_cli
 from util.config import Key, Schema, check_one_experiment, load_config
 from util.misc import AverageMeter, Timer, batch_scene_names, format_eta, get_device, set_seed
 from util.progress import progress
+from util.provenance import check_upstream, refresh_command
 from util.run_folder import RunFolder
 from util.tensorboard import close_writer, create_writer, log_scalars
 
@@ -43,6 +44,8 @@ ADAPTER_KEYS = [
         check=lambda v: 0 <= v <= 1, must='a number in [0, 1]'),
 ]
 
+MAX_POINTS_PER_SCENE = 10_000_000  # num_points above this is a typo that would allocate gigabytes per step
+
 SCHEMA = Schema('ESS: train the embedding adapter on the PLG pseudo labels', [
     *dataset_keys(),
     *text_keys(),
@@ -51,7 +54,9 @@ SCHEMA = Schema('ESS: train the embedding adapter on the PLG pseudo labels', [
     Key('cache_scenes', bool, False, 'keep every scene in memory after its first read', 'DATA'),
     *ADAPTER_KEYS,
     Key('num_points', int, 40000, 'covered points drawn per scene per step (upstream 40,000)', 'TRAIN',
-        **POSITIVE_INT),
+        check=lambda v: 0 < v <= MAX_POINTS_PER_SCENE,
+        must=f'a positive integer up to {MAX_POINTS_PER_SCENE:,} (a ScanNet scene has ~150,000 points; each one drawn '
+             f'costs a row of the batch)'),
     Key('batch_size', int, 24, 'scenes per step (upstream code 24; the paper says 16)', 'TRAIN', **POSITIVE_INT),
     Key('epochs', int, 150, 'epochs (upstream code 150; the paper says 80)', 'TRAIN', **POSITIVE_INT),
     Key('base_lr', float, 0.003, 'Adam learning rate', 'TRAIN', **POSITIVE),
@@ -164,6 +169,9 @@ def train(cfg, device, logger):
     train_set = ESSPointDataset(cfg.data_root, cfg.train_split, cfg.data_root_2d_fused_feature, cfg.num_points,
                                 info.num_classes, label_source='pseudo', pseudo_label_path=cfg.pseudo_label_path,
                                 feat_dim=text_embeddings.shape[1], seed=cfg.manual_seed, cache=cfg.cache_scenes)
+    check_upstream(cfg.pseudo_label_path, 'plg', train_set.scenes, 'ESS training', refresh_command(
+        'vlm_ps_generation/generation_vlm.py', cfg.pseudo_label_path, 'plg_config.yaml',
+        'vlm_ps_generation/generation_vlm.sh'))
     sampler = EpochShuffleSampler(len(train_set), seed=cfg.manual_seed)
     # drop_last as upstream: every step sees batch_size scenes
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,

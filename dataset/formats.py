@@ -45,6 +45,21 @@ def scene_name(path):
     return name
 
 
+def integer_labels(labels, where):
+    """Labels as int64; a float array is accepted only when every value is a whole number (class ids written as
+    floats), else a FormatError: truncating 2.5 to class 2 would train and score the wrong class silently."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind == 'f':
+        fractional = labels != np.round(labels)
+        if fractional.any():
+            raise FormatError(f"{where}: labels must be whole class ids, found {int(fractional.sum())} fractional "
+                              f"values (e.g. {float(labels[fractional][0]):g}); was the file written from a "
+                              f"probability or a mean instead of a class?")
+    elif labels.dtype.kind not in 'iub':
+        raise FormatError(f"{where}: labels must be integer class ids, found dtype {labels.dtype}")
+    return labels.astype(np.int64)
+
+
 def list_scenes(data_root, split):
     """Sorted ``.pth`` paths of one split; an error if the folder is missing or empty.
 
@@ -55,8 +70,13 @@ def list_scenes(data_root, split):
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"3D data folder '{folder}' does not exist: expected "
                                 f"<data_root>/{split}/<scene>.pth files; check data_root")
-    paths = sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                   if n.endswith('.pth') and os.path.isfile(os.path.join(folder, n)))
+    names = sorted(n for n in os.listdir(folder) if n.endswith('.pth'))
+    not_files = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
+    if not_files:  # a scene no stage could read would be dropped from every count
+        raise FormatError(f"3D data folder '{folder}': {', '.join(repr(n) for n in not_files[:3])}"
+                          f"{' ...' if len(not_files) > 3 else ''} is not a file, expected <scene>.pth scene files; "
+                          f"move it out of the folder")
+    paths = [os.path.join(folder, n) for n in names]
     if not paths:
         raise FileNotFoundError(f"3D data folder '{folder}' holds no .pth scene files")
     return paths
@@ -102,7 +122,7 @@ def load_scene_3d(path, num_classes: Optional[int] = None) -> Scene3D:
         if labels.shape != (n,):
             raise FormatError(f"3D scene '{path}': expected labels of shape [{n}], found {list(labels.shape)}")
         check_finite(labels, f"3D scene '{path}'", 'labels')
-        labels = labels.astype(np.int64)
+        labels = integer_labels(labels, f"3D scene '{path}'")
         labels[labels < 0] = IGNORE_LABEL  # -100 in some releases
         has_labels = True
         if num_classes is not None:
@@ -289,7 +309,7 @@ def load_pseudo_labels(folder, scene, num_points: Optional[int] = None, with_pro
     if labels.ndim != 1 or (num_points is not None and labels.shape[0] != num_points):
         raise FormatError(f"pseudo labels '{label_path}': expected shape [{num_points if num_points is not None else 'N'}] "
                           f"(one label per point of the 3D scene), found {list(labels.shape)}")
-    labels = labels.astype(np.int64)
+    labels = integer_labels(labels, f"pseudo labels '{label_path}'")
     if not with_probs:
         return labels
     probs = _load_npy(prob_path, 'pseudo-label probabilities', 'rerun PLG with overwrite True')

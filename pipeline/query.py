@@ -48,11 +48,17 @@ def parse_names(text, what='queries'):
     return names
 
 
+RESERVED_SLUGS = ('pred', 'queries')  # <scene>_pred.* and <scene>_queries.json are the segmentation's own files
+
+
 def slugs(names):
-    """File-name-safe, unique slugs: 'a soft place to sit' -> 'a_soft_place_to_sit'."""
+    """File-name-safe, unique slugs: 'a soft place to sit' -> 'a_soft_place_to_sit'; a query named like one of
+    the segmentation's files ('pred') gets '_query' appended, so it cannot replace them."""
     out = []
     for name in names:
         slug = re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')[:60] or 'query'
+        if slug in RESERVED_SLUGS:
+            slug += '_query'
         base, k = slug, 2
         while slug in out:  # 'chair!' and 'chair?' would share a file
             slug, k = f'{base}_{k}', k + 1

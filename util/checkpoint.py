@@ -112,6 +112,11 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, map_location='c
             raise ValueError(f"checkpoint '{path}': no model weights found; expected one of the keys "
                              f"{list(_MODEL_KEYS)}, found {sorted(ckpt)}")
     state_dict = _strip_module_prefix(dict(state_dict))
+    bad = [k for k, v in state_dict.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"checkpoint '{path}': {len(bad)} parameter(s) hold NaN or inf, e.g. '{bad[0]}'; the run "
+                         f"that wrote it diverged (its log says when): use an earlier checkpoint or retrain")
     target = unwrap_model(model)
     own = target.state_dict()
     missing = [k for k in own if k not in state_dict]

@@ -150,7 +150,27 @@ def _read_yaml(path):
         tree = {}
     if not isinstance(tree, dict):
         raise ConfigError(f"config file '{path}' must hold sections (a mapping), found {type(tree).__name__}")
+    _check_size(tree, path)
     return tree
+
+
+MAX_CONFIG_VALUES = 100_000  # a config holds a few hundred values; YAML aliases can make billions of them
+
+
+def _check_size(tree, path):
+    """Refuse a config that expands to more than MAX_CONFIG_VALUES values (YAML aliases nested into each other,
+    a 'billion laughs'), counting until the limit, before anything walks it."""
+    count, stack = 0, [tree]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"config file '{path}' expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases "
+                              f"nested into each other?); a config holds a few hundred")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def load_yaml(path, _chain=()):

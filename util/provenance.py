@@ -80,6 +80,64 @@ def _diff(old, new):
                      for k in keys if old.get(k) != new.get(k))
 
 
+class StaleInputError(ValueError):
+    """A stage's input is another stage's output made from inputs that have changed since."""
+
+
+def check_upstream(folder, stage, scenes, consumer, refresh):
+    """Refuse when outputs of ``stage`` in ``folder`` that ``consumer`` is about to read are stale.
+
+    ``scenes``: the names the consumer reads. The upstream manifest (``<folder>/<stage>_manifest.jsonl``) records,
+    per scene, the digests of the inputs it was made from and of its outputs; a scene is stale when it has no
+    record, or a recorded input or output is gone or has other contents now (a feature file re-fused, the adapter
+    retrained, a label file edited). ``refresh``: the command that brings the stage up to date (it recomputes
+    the stale scenes only). A folder without a manifest was not made by a stage of this project (e.g.
+    OpenScene's released features) and is not checked: returns False; True when checked."""
+    path = os.path.join(folder, f'{stage}_manifest.jsonl')
+    if not os.path.isfile(path):
+        return False
+    entries = {}
+    with open(path) as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+                entries[entry['scene']] = entry
+            except (ValueError, KeyError, TypeError):
+                continue
+    stale = []
+    for scene in scenes:
+        why = _stale_reason(entries.get(scene))
+        if why:
+            stale.append(f'{scene} ({why})')
+    if stale:
+        raise StaleInputError(
+            f"{consumer} reads the {stage} outputs in '{folder}', but {len(stale)} of {len(scenes)} scene(s) are "
+            f"stale: {'; '.join(stale[:3])}{' ...' if len(stale) > 3 else ''}. Bring that stage up to date first "
+            f"(it recomputes only the stale scenes): {refresh}")
+    return True
+
+
+def refresh_command(script, folder, config_name, driver):
+    """The command that reruns a stage with the settings of its last run: its resolved config in ``folder`` when
+    there is one (``python <script> --config <folder>/<config_name>``), else its driver with a placeholder."""
+    config = os.path.join(folder, config_name)
+    if os.path.isfile(config):
+        return f'python {script} --config {config}'
+    return f'sh {driver} {folder} <its config>'
+
+
+def _stale_reason(entry):
+    if entry is None:
+        return 'no provenance record: written by an interrupted run or an older version'
+    for kind in ('inputs', 'outputs'):
+        for file, known in (entry.get(kind) or {}).items():
+            if not os.path.isfile(file):
+                return f"its {kind[:-1]} '{file}' is gone"
+            if file_digest(file, known)['sha1'] != known.get('sha1'):
+                return f"its {kind[:-1]} '{file}' changed since"
+    return ''
+
+
 class OutputManifest:
     """Per-scene provenance of a folder's outputs (see the module docstring).
 
