@@ -209,13 +209,14 @@ def test_the_config_key_accepts_spconv_and_the_stages_check_it():
 @pytest.mark.parametrize('kind', LAYERS)
 def test_every_op_equals_the_reference_on_cuda(kind, dtype, tol):
     """On CUDA spconv runs its own GPU kernels on the same rulebooks (fp16: under autocast, as training runs)."""
+    device = torch.device('cuda')
     coords, _ = random_sparse(n_per_batch=120, seed=3)
-    x = ME.SparseTensor(torch.zeros(len(coords), 1, device='cuda'), coords.cuda())
+    x = ME.SparseTensor(torch.zeros(len(coords), 1, device=device), coords.to(device))
     km = layer_map(kind, x)
     g = torch.Generator().manual_seed(4)
-    kernel = torch.randn(km.kernel_volume, 20, 24, generator=g).cuda()
+    kernel = torch.randn(km.kernel_volume, 20, 24, generator=g).to(device)
     kernel = kernel[0] if km.kernel_volume == 1 else kernel
-    feats = torch.randn(km.num_in, 20, generator=g).cuda()
+    feats = torch.randn(km.num_in, 20, generator=g).to(device)
     results = []
     for fn in (reference_sparse_conv, spconv_impl.spconv_sparse_conv):
         with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):

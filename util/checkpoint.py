@@ -155,9 +155,10 @@ def check_same_schedule(path, resumed, cfg, keys, why):
     differs from the run that wrote it (``resumed``: what ``load_checkpoint`` returned); ``why`` says how the
     schedule depends on them. Checkpoints without a recorded config are not checked."""
     saved = resumed['extra'].get('config') or {}
-    changed = [f'{k} {saved[k]!r} -> {cfg[k]!r}' for k in keys if k in saved and k in cfg and saved[k] != cfg[k]]
+    changed = [k for k in keys if k in saved and k in cfg and saved[k] != cfg[k]]
     if changed:
-        keep = ' '.join(f'{k} {saved[k]}' for k in keys if k in saved and k in cfg and saved[k] != cfg[k])
-        raise ValueError(f"resume '{path}': the run it continues had other schedule settings ({', '.join(changed)}); "
-                         f"{why}, so continuing with these would change the schedule mid-run. Give {keep} to continue "
-                         f"that run as planned, or start a new run in another folder")
+        was = ', '.join(f'{k} {saved[k]!r} -> {cfg[k]!r}' for k in changed)
+        keep = ' '.join(f'{k} {saved[k]}' for k in changed)
+        raise ValueError(f"resume '{path}': the run it continues had other schedule settings ({was}); {why}, so "
+                         f"continuing with these would change the schedule mid-run. Give {keep} to continue that run "
+                         f"as planned, or start a new run in another folder")

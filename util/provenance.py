@@ -96,14 +96,7 @@ def check_upstream(folder, stage, scenes, consumer, refresh):
     path = os.path.join(folder, f'{stage}_manifest.jsonl')
     if not os.path.isfile(path):
         return False
-    entries = {}
-    with open(path) as f:
-        for line in f:
-            try:
-                entry = json.loads(line)
-                entries[entry['scene']] = entry
-            except (ValueError, KeyError, TypeError):
-                continue
+    entries, _ = read_manifest(path)
     stale = []
     for scene in scenes:
         why = _stale_reason(entries.get(scene))
@@ -115,6 +108,23 @@ def check_upstream(folder, stage, scenes, consumer, refresh):
             f"stale: {'; '.join(stale[:3])}{' ...' if len(stale) > 3 else ''}. Bring that stage up to date first "
             f"(it recomputes only the stale scenes): {refresh}")
     return True
+
+
+def read_manifest(path):
+    """({scene: its latest entry}, number of lines) of a manifest file; a line cut by a crash is skipped (that
+    scene then counts as having no record)."""
+    entries, lines = {}, 0
+    if not os.path.isfile(path):
+        return entries, lines
+    with open(path) as f:
+        for line in f:
+            lines += 1
+            try:
+                entry = json.loads(line)
+                entries[entry['scene']] = entry
+            except (ValueError, KeyError, TypeError):
+                continue
+    return entries, lines
 
 
 def refresh_command(script, folder, config_name, driver):
@@ -149,24 +159,9 @@ class OutputManifest:
         self.folder, self.stage = folder, stage
         self.path = os.path.join(folder, f'{stage}_manifest.jsonl')
         self.settings = json.loads(json.dumps(settings))  # normalised as it will read back
-        self._lines = 0
-        self.entries = self._read()
+        self.entries, self._lines = read_manifest(self.path)
         os.makedirs(folder, exist_ok=True)
         self._append = open(self.path, 'a')
-
-    def _read(self):
-        entries = {}
-        if not os.path.isfile(self.path):
-            return entries
-        with open(self.path) as f:
-            for line in f:
-                self._lines += 1
-                try:
-                    entry = json.loads(line)
-                    entries[entry['scene']] = entry
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut by a crash: that scene is recomputed
-        return entries
 
     def check(self, scene, inputs, outputs, scene_settings=None):
         """-> (True, '') if the outputs of ``scene`` exist and come from these inputs and settings; else
