@@ -179,10 +179,11 @@ class SceneWriter:
             vis.topdown_panels_png(os.path.join(out, base + '.png'), r.coords,
                                    [('colours', r.colors), (f'"{query}"', heat)], view=view, max_z=max_z,
                                    title=f'{r.name}: "{query}" ({cfg.feature_type}, cosine similarity)',
-                                   colorbar=('inferno', lo, hi, f'cosine similarity; one scale for the scene\'s queries;'
-                                             f'\nline: score_threshold {cfg.score_threshold:g}'),
+                                   colorbar=('inferno', lo, hi, "cosine similarity; one scale for the scene's "
+                                             f"queries;\nline: score_threshold {cfg.score_threshold:g}"),
                                    colorbar_marks=[cfg.score_threshold], outlines=outline)
-            per_query[query] = {'slug': slug, 'files': [base + '.ply', base + '.png'], 'color_scale': [lo, hi], **stats}
+            per_query[query] = {'slug': slug, 'files': [base + '.ply', base + '.png'], 'color_scale': [lo, hi],
+                                **stats}
             if 'top_precision' in stats:
                 self.logger.info(f"{r.name} '{query}': top 10 % precision {stats['top_precision']:.3f} "
                                  f"(class frequency {stats['class_frequency']:.3f})")
@@ -212,7 +213,8 @@ def score_against_gt(conf, info, labels, table, logger):
     from pipeline.metric import evaluate_confusion
     result = evaluate_confusion(conf, labels)
     if table is None:
-        logger.info(f"mIoU against GT {result['miou']:.4f} (the label set is the config's classes: evaluate.py's number)")
+        logger.info(f"mIoU against GT {result['miou']:.4f} (the label set is the config's classes: evaluate.py's "
+                    f"number)")
         return {'miou': result['miou'], 'scored_classes': list(labels)}
     scored = [labels[j] for j in sorted(set(table[table != IGNORE_LABEL].tolist()))]
     if not scored:
@@ -220,9 +222,10 @@ def score_against_gt(conf, info, labels, table, logger):
         return {'miou': None, 'scored_classes': []}
     present = [labels[j] for j in range(len(labels)) if result['present'][j]]
     unscored = [n for n in labels if n not in scored]
+    others = f"; not classes of {info.name}, so not scored: {', '.join(unscored)}" if unscored else ''
     logger.info(f"mIoU against GT {result['miou_present']:.4f}: the mean IoU of the {len(present)} label(s) that are "
                 f"classes of {info.name} and present in GT ({', '.join(present)}); GT points of the other classes are "
-                f"not scored" + (f"; not classes of {info.name}, so not scored: {', '.join(unscored)}" if unscored else ''))
+                f"not scored{others}")
     return {'miou': result['miou_present'], 'scored_classes': present,
             'iou': {n: float(result['iou'][j]) for j, n in enumerate(labels) if result['present'][j]}}
 

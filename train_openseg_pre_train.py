@@ -194,7 +194,8 @@ def train(cfg, device, logger):
     if cfg.resume:
         state = load_checkpoint(cfg.resume, model, optimizer, scheduler, map_location=device)
         check_same_schedule(cfg.resume, state, cfg, ('base_lr', 'step_epoch', 'multiplier'),
-                            'the StepLR schedule (base_lr x multiplier every step_epoch epochs) is kept in the checkpoint')
+                            'the StepLR schedule (base_lr x multiplier every step_epoch epochs) is kept in the '
+                            'checkpoint')
         repair_best(cfg.save_path, cfg.resume, state, logger.info)
         start_epoch, best_miou, best_epoch = state['epoch'], state['best_metric'], state['best_epoch']
         history = [tuple(h) for h in state['extra'].get('val_miou', [])]  # (epoch, val mIoU)

@@ -18,7 +18,8 @@ Rooms: ``demo``, a room of the demo's synthetic world (20,000 points) at the dem
 generated (about 20 s for the second) and kept in ``--cache``.
 
 spconv 2.3's CPU scatter-add gives wrong rows with more than one thread (docs/sparse_engine.md): its rows at
-2 threads time spconv as it ships, and say how far its output is from ours (relative to the output's scale). Needs spconv (``pip install spconv==2.3.8``, CPU build).
+2 threads time spconv as it ships, and say how far its output is from ours (relative to the output's scale).
+Needs spconv (``pip install spconv==2.3.8``, CPU build).
 """
 import argparse
 import os

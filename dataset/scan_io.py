@@ -171,11 +171,12 @@ def check_up_axis(coords, path, up_axis):
     if best == 2 or shares[best] < 2 * shares[2] or shares[best] < 0.1:
         return
     in_file = 'xyz'[best] if up_axis == 'z' else 'xzy'[best]  # the axis of the file that this one came from
-    fix = 'input_up_axis y' if in_file == 'y' else f'the scan turned so that its floor is horizontal (up axis {in_file})'
+    fix = ('input_up_axis y' if in_file == 'y' else
+           f'the scan turned so that its floor is horizontal (up axis {in_file})')
     raise ValueError(f"scan '{path}': with input_up_axis {up_axis} its largest plane is vertical: "
-                     f"{shares[best]:.0%} of the points lie in one {100 * _SLAB:.0f} cm slab perpendicular to the file's "
-                     f"{in_file} axis, {shares[2]:.0%} in the best horizontal one; a room's largest plane is its floor, so "
-                     f"it looks {in_file}-up: give {fix}; input_checks False skips this check")
+                     f"{shares[best]:.0%} of the points lie in one {100 * _SLAB:.0f} cm slab perpendicular to the "
+                     f"file's {in_file} axis, {shares[2]:.0%} in the best horizontal one; a room's largest plane is "
+                     f"its floor, so it looks {in_file}-up: give {fix}; input_checks False skips this check")
 
 
 def orient(coords, up_axis, path=''):

@@ -79,7 +79,8 @@ def text_embeddings_for(cfg, info, names, what='queries', embeddings_path=''):
     """Unit text embeddings [len(names), D] of ``names`` and, per name, where its row came from (module docstring);
     ``embeddings_path``: an .npy with one row per name, used for all of them."""
     from dataset import formats
-    from pipeline.text_embeddings import WeightsUnavailable, load_or_compute_text_embeddings, text_embeddings_from_config
+    from pipeline.text_embeddings import (WeightsUnavailable, load_or_compute_text_embeddings,
+                                          text_embeddings_from_config)
     names = list(names)
     if not names:
         return torch.zeros(0, 0), []

@@ -263,8 +263,9 @@ def topdown_panels_png(path, coords, panels, title='', legend=None, max_z=None, 
     [(name, rgb)] under all of them; ``panel_legends`` {panel index: [(name, rgb)]} under one panel (the
     error panel's categories); ``max_z`` a ceiling crop; ``view`` an already computed ``TopDown``;
     ``colorbar`` (cmap, lo, hi, label) beside the last panel (a heat map's scale), ``colorbar_marks``
-    values marked by a line across it (say what they are in the label); ``outlines`` {panel index: (points bool [N], label)}: the outline of those
-    points drawn over the panel (e.g. the GT points of a queried class)."""
+    values marked by a line across it (say what they are in the label); ``outlines`` {panel index: (points
+    bool [N], label)}: the outline of those points drawn over the panel (e.g. the GT points of a queried
+    class)."""
     plt = _pyplot()
     view = view if view is not None else TopDown(coords, max_z=max_z)
     h, w = view.shape

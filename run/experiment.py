@@ -12,7 +12,8 @@ evaluation, so ``python -m viewer exp/<dataset>/<experiment>/esg`` opens the res
 
 Overrides: ``key value`` goes to every stage that has the key (``device``, ``threads``, the data paths of
 ``dataset.yaml``, ``arch_3d`` to ESG and evaluation); ``plg:key``, ``ess:key``, ``ess_eval:key``, ``esg:key``,
-``eval:key`` go to one stage (``esg:epochs 4``, where ``epochs`` alone would also set ESS's). ``--from <stage>`` starts at a later stage; ``--dry-run`` prints the commands.
+``eval:key`` go to one stage (``esg:epochs 4``, where ``epochs`` alone would also set
+ESS's). ``--from <stage>`` starts at a later stage; ``--dry-run`` prints the commands.
 """
 import argparse
 import os

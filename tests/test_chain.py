@@ -101,7 +101,8 @@ def test_labels_scenes_and_checkpoints_that_are_wrong_are_named(tmp_path):
     path = str(tmp_path / 'val' / 'scene0000_00.pth')
     formats.save_scene_3d(path, np.zeros((4, 3)), np.zeros((4, 3)), np.array([0, 1, 2, 3]))
     torch.save((np.zeros((4, 3), np.float32), np.zeros((4, 3), np.float32), np.array([0, 1.5, 2, 3])), path)
-    with pytest.raises(formats.FormatError, match=r"labels must be whole class ids, found 1 fractional values \(e.g. 1.5"):
+    whole = r"labels must be whole class ids, found 1 fractional values \(e.g. 1.5"
+    with pytest.raises(formats.FormatError, match=whole):
         formats.load_scene_3d(path)
     np.save(tmp_path / 'scene0000_00_pred.npy', np.array([0.0, 1.0, 2.7, 3.0]))
     with pytest.raises(formats.FormatError, match='fractional'):
@@ -122,7 +123,8 @@ def test_memory_blow_ups_are_refused_before_allocation(tmp_path):
     import train_openseg_pre_train
 
     from util.config import ConfigError, load_config
-    with pytest.raises(ConfigError, match=r"'num_points' must be a positive integer up to 10,000,000.*found 1000000000"):
+    limit = r"'num_points' must be a positive integer up to 10,000,000.*found 1000000000"
+    with pytest.raises(ConfigError, match=limit):
         load_config(['--config', os.path.join(ROOT, 'config/demo/openseg_pre_train.yaml'), 'num_points', '1000000000'],
                     train_openseg_pre_train.SCHEMA)
     lines = ['TRAIN:', '  a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']

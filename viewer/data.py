@@ -46,7 +46,8 @@ def resolve_folder(folder, config=None):
     if os.path.isfile(query_config):
         return query_config, ''  # it names its own checkpoint
     for where in (folder, os.path.join(folder, 'result_eval')):
-        found = sorted(p for p in glob.glob(os.path.join(glob.escape(where), '*.yaml')) if _is_eval_config(p))  # names literal
+        pattern = os.path.join(glob.escape(where), '*.yaml')  # the folder's name taken literally ('esg [v2]')
+        found = sorted(p for p in glob.glob(pattern) if _is_eval_config(p))
         if len(found) == 1:
             return found[0], checkpoint
         if len(found) > 1:
