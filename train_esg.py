@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from dataset.formats import all_scene_names, fused_feature_files
 from dataset.label_constants import IGNORE_LABEL, dataset_info
 from models.sparse import dispatch
 from models.sparse.settings import configure_from
@@ -53,6 +54,8 @@ SCHEMA = Schema('ESG: distil the ESS embeddings into a 3D sparse U-Net', [
     Key('esg_targets', str, '${exp_root}/ess_embeddings', "the embeddings to distil (ESS inference's output; the "
         "raw fused features give OpenScene's 3D distillation)", 'DATA', exists='dir',
         hint='run ESS inference first (run/ess_eval.sh)'),
+    Key('missing_scenes', str, 'error', 'a train scene without an embedding in esg_targets: error (stop, naming it) '
+        'or warn (train without it, as upstream; listed in esg_summary.json)', 'DATA', **one_of('error', 'warn')),
     Key('aug', bool, True, 'training augmentation (rotation, scale, flip, colour), as upstream', 'DATA'),
     *network_keys(),
     Key('loss_type', str, 'cosine', 'cosine: mean(1 - cos(f, e_ESS)) | l1 | supervised_ce (not the method: the '
@@ -99,7 +102,8 @@ def build_train_set(cfg, feat_dim):
     return FusedFeatureLoader(datapath_prefix=cfg.data_root, datapath_prefix_feat=cfg.esg_targets,
                               voxel_size=cfg.voxel_size, split=cfg.train_split, aug=cfg.aug, loop=cfg.loop,
                               input_color=cfg.input_color, feat_dim=feat_dim, seed=cfg.manual_seed,
-                              num_classes=dataset_info(cfg.labelset).num_classes)
+                              num_classes=dataset_info(cfg.labelset).num_classes,
+                              missing_scenes=cfg.missing_scenes)
 
 
 def epoch_seed(cfg, epoch, rank):
@@ -225,8 +229,11 @@ def train(cfg, dist_info, device, logger):
     from dataset.feature_loader import collation_fn
     train_set = build_train_set(cfg, text_embeddings.shape[1])
     scenes = [train_set.scene_name(i) for i in range(len(train_set.data_paths))]
+    all_scenes = all_scene_names(cfg.data_root)  # the fused features ESS inference read: one appearing since is stale
     check_upstream(cfg.esg_targets, 'ess', scenes, 'ESG training', refresh_command(
-        'eval_openseg_pre_train.py', os.path.join(cfg.exp_root, 'ess'), 'ess_infer_config.yaml', 'run/ess_eval.sh'))
+        'eval_openseg_pre_train.py', os.path.join(cfg.exp_root, 'ess'), 'ess_infer_config.yaml', 'run/ess_eval.sh'),
+        current_inputs=lambda scene: fused_feature_files(cfg.data_root_2d_fused_feature, scene, all_scenes,
+                                                         required=False))
     sampler = DistributedSampler(train_set, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True,
                                  seed=cfg.manual_seed)
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size // dist_info.world_size, sampler=sampler,
@@ -312,7 +319,8 @@ def train(cfg, dist_info, device, logger):
     summary = {'best_val_miou': best_miou if history else None, 'val_miou': history, 'train_loss': losses,
                'epochs': cfg.epochs, 'steps': max_iter, 'steps_per_epoch': len(train_loader),
                'arch_3d': cfg.arch_3d, 'batch_size': cfg.batch_size, 'loss_type': cfg.loss_type,
-               'world_size': dist_info.world_size, 'wall_time_s': timer.elapsed()}
+               'world_size': dist_info.world_size, 'wall_time_s': timer.elapsed(),
+               'train_scenes': len(scenes), 'skipped_scenes': train_set.skipped_scenes}
     if du.is_main_process():
         atomic_write_text(os.path.join(cfg.save_path, 'esg_summary.json'), json.dumps(summary, indent=2))
         if history:

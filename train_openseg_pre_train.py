@@ -171,7 +171,7 @@ def train(cfg, device, logger):
                                 feat_dim=text_embeddings.shape[1], seed=cfg.manual_seed, cache=cfg.cache_scenes)
     check_upstream(cfg.pseudo_label_path, 'plg', train_set.scenes, 'ESS training', refresh_command(
         'vlm_ps_generation/generation_vlm.py', cfg.pseudo_label_path, 'plg_config.yaml',
-        'vlm_ps_generation/generation_vlm.sh'))
+        'vlm_ps_generation/generation_vlm.sh'), current_inputs=train_set.reader.scene_inputs)
     sampler = EpochShuffleSampler(len(train_set), seed=cfg.manual_seed)
     # drop_last as upstream: every step sees batch_size scenes
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,

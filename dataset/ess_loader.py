@@ -47,6 +47,11 @@ class _SceneReader:
         self.pseudo_label_path = pseudo_label_path
         self.cache = {} if cache else None
 
+    def scene_inputs(self, scene):
+        """The files a scene's pseudo labels are made from now: its .pth and its fused-feature files."""
+        features = formats.fused_feature_files(self.feat_root, scene, self.all_scenes, required=False)
+        return [self.scene_paths[self.scenes.index(scene)], *features]
+
     def read(self, index):
         if self.cache is not None and index in self.cache:
             return self.cache[index]

@@ -53,7 +53,7 @@ class FusedFeatureLoader(Point3DLoader):
 
     def __init__(self, datapath_prefix, datapath_prefix_feat, voxel_size=0.05, split='train', aug=False,
                  memcache_init=False, identifier=7791, loop=1, eval_all=False, input_color=False,
-                 feat_dim=None, seed=None, num_classes=None):
+                 feat_dim=None, seed=None, num_classes=None, missing_scenes='warn'):
         super().__init__(datapath_prefix=datapath_prefix, voxel_size=voxel_size, split=split, aug=aug,
                          memcache_init=False, identifier=identifier, loop=loop, eval_all=eval_all,
                          input_color=input_color, seed=seed, num_classes=num_classes)
@@ -74,11 +74,18 @@ class FusedFeatureLoader(Point3DLoader):
                 f"no fused-feature files in '{datapath_prefix_feat}' for any of the {len(self.data_paths)} "
                 f"scenes of '{datapath_prefix}/{split}': expected '<scene>.pt' or '<scene>_<k>.pt'")
         if skipped:
+            listed = ', '.join(skipped[:5]) + (' ...' if len(skipped) > 5 else '')
+            if missing_scenes == 'error':
+                raise FileNotFoundError(
+                    f"{len(skipped)} of {len(self.data_paths)} scenes of split '{split}' have no features in "
+                    f"'{datapath_prefix_feat}': {listed}. Complete the stage that writes them (for ESS embeddings: "
+                    f"ESS inference, run/ess_eval.sh), or set missing_scenes warn to go on without them (upstream "
+                    f"skips them, e.g. Matterport rooms that no image sees)")
             get_logger().warning(
                 f"FusedFeatureLoader: {len(skipped)} of {len(self.data_paths)} scenes of split '{split}' have no "
-                f"fused features in '{datapath_prefix_feat}' and are skipped (as upstream), e.g. {skipped[:3]}")
+                f"fused features in '{datapath_prefix_feat}' and are skipped (missing_scenes warn): {listed}")
         self.data_paths = kept_paths
-        self.num_skipped = len(skipped)
+        self.skipped_scenes = skipped
         self.use_cache = memcache_init
         if memcache_init:
             for i in range(len(self.data_paths)):

@@ -107,7 +107,8 @@ def load_scene_3d(path, num_classes: Optional[int] = None) -> Scene3D:
         raise FormatError(f"3D scene '{path}': expected coords of shape [N, 3], found {list(coords.shape)}")
     n = coords.shape[0]
     if n == 0:
-        raise FormatError(f"3D scene '{path}' has no points")
+        raise FormatError(f"3D scene '{path}' has no points (0 x 3 coords): it cannot be voxelised or scored; "
+                          f"re-export it or move it out of the split")
     if np.isscalar(data[1]) or colors.ndim == 0:  # OpenScene stores 0 for point clouds without colour
         colors = np.zeros((n, 3), np.float32)
     if colors.shape != (n, 3):
@@ -194,20 +195,23 @@ def _feature_index(feat_root):
     return _FEATURE_INDEX[key]
 
 
-def fused_feature_files(feat_root, scene, scenes=()):
+def fused_feature_files(feat_root, scene, scenes=(), required=True):
     """Fused-feature files of one scene: ``<scene>.pt`` and/or ``<scene>_<k>.pt`` (k ascending).
 
     Names are matched exactly (the folder is listed, not globbed). ``scenes``: the names of all scenes
     whose features may share the folder; a file ``<scene>_<k>.pt`` whose stem is itself one of them
-    belongs to that scene (scene 'room' never reads 'room_0.pt' of scene 'room_0').
+    belongs to that scene (scene 'room' never reads 'room_0.pt' of scene 'room_0'). ``required=False``: no
+    files (or no folder) gives [] instead of an error.
     """
+    if not required and not os.path.isdir(feat_root):
+        return []
     if not os.path.isdir(feat_root):
         raise FileNotFoundError(f"fused-feature folder '{feat_root}' does not exist; check data_root_2d_fused_feature")
     names, numbered = _feature_index(feat_root)
     paths = [os.path.join(feat_root, scene + '.pt')] if scene + '.pt' in names else []
     paths += [os.path.join(feat_root, name) for _, name in sorted(numbered.get(scene, ()))
               if name[:-3] not in scenes]
-    if not paths:
+    if not paths and required:
         raise FileNotFoundError(f"no fused features for scene '{scene}' in '{feat_root}': expected "
                                 f"'{scene}.pt' or '{scene}_<k>.pt'; check data_root_2d_fused_feature")
     return paths

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dataset import formats
-from util.io import atomic_np_save
+from util.io import atomic_np_save, refused_torch_file
 
 _CACHE_VERSION = 1
 
@@ -173,6 +173,9 @@ def build_clip_text_model(model_name='ViT-L-14-336', pretrained='openai', device
         model = open_clip.create_model(name, pretrained=pretrained or None, device=device,
                                        force_quick_gelu=needs_quick_gelu(name, pretrained))
     except Exception as err:
+        refused = refused_torch_file(err, pretrained, 'CLIP checkpoint') if pretrained else None
+        if refused is not None:
+            raise refused from None
         raise RuntimeError(
             f"cannot load open_clip model '{model_name}' with weights '{pretrained}': {err}\n"
             f"Without internet access give the weights yourself: set clip_pretrained to a local checkpoint "

@@ -41,16 +41,28 @@ class PrecomputedFeatureSource:
                                 f"or '.npy' ([H', W', D] or [D, H', W'])")
 
     def _load(self, path):
+        """The map of one file as a tensor. Both formats go through the safe readers of util/io.py: a truncated
+        file, a pickle or an object array is explained with the file's name, never loaded as code; a loaded
+        array must then hold numbers (an object or string array is not a feature map)."""
+        from util.io import safe_np_load, safe_torch_load
         if path.endswith('.npy'):
-            return torch.from_numpy(np.load(path, allow_pickle=False))
-        from util.io import safe_torch_load
-        data = safe_torch_load(path, '2D feature map')
+            data = safe_np_load(path, '2D feature map')
+        else:
+            data = safe_torch_load(path, '2D feature map')
         if isinstance(data, dict):
             if 'feat' not in data:
                 raise ValueError(f"2D feature map '{path}': expected a tensor or a dict with key 'feat', found keys "
                                  f"{sorted(data)}")
             data = data['feat']
-        return torch.as_tensor(data)
+        if isinstance(data, np.ndarray):
+            if data.dtype.kind not in 'biuf':
+                kind = 'Python objects' if data.dtype.kind == 'O' else 'not numbers'
+                raise ValueError(f"2D feature map '{path}': expected an array of numbers [H', W', D] or [D, H', W'], "
+                                 f"found dtype {data.dtype} ({kind})")
+            data = torch.from_numpy(data)
+        if not isinstance(data, torch.Tensor):
+            raise ValueError(f"2D feature map '{path}': expected a tensor or numpy array, found {type(data).__name__}")
+        return data
 
     def _to_dhw(self, feat, path, depth_hw):
         if feat.ndim != 3:
@@ -222,6 +234,10 @@ def _create_open_clip(model_name, pretrained):
         return open_clip.create_model(model_name, pretrained=pretrained or None, require_pretrained=True,
                                       force_quick_gelu=needs_quick_gelu(model_name, pretrained))
     except Exception as err:
+        from util.io import refused_torch_file
+        refused = refused_torch_file(err, pretrained, 'CLIP checkpoint') if pretrained else None
+        if refused is not None:
+            raise refused from None
         offline = os.environ.get('HF_HUB_OFFLINE') == '1'
         raise RuntimeError(
             f"cannot build open_clip model '{model_name}' with pretrained={pretrained!r}: {type(err).__name__}: {err}. "

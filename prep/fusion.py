@@ -20,6 +20,10 @@ Conventions (as OpenScene's ``fusion_util.py``):
 Writing: ``<out>/<scene>_0.pt`` = ``{'feat': float16 [M, D], 'mask_full': bool [N]}`` (docs/formats.md), one full
 file per scene as 3DSS-VLG's fusion does; ``--num_files K --points_per_file P`` reproduces OpenScene's
 released training features (K files, each a random subset of P points kept where covered).
+A rerun keeps finished scenes whose settings and inputs are unchanged (``fusion_manifest.jsonl``, util/provenance.py);
+the inputs include a fingerprint of every frame file (colour, depth, pose, intrinsics, 2D feature maps), so a
+changed frame recomputes its scene, and the log names the frame file. A scene with an unreadable or invalid frame
+file is skipped and listed at the end with the file's name.
 
 CLI::
 
@@ -35,7 +39,7 @@ from typing import Callable, Iterable, Optional, Tuple
 import numpy as np
 import torch
 
-from prep.frames import FrameData, project_points
+from prep.frames import FrameData, check_intrinsic, check_pose, project_points, read_intrinsic
 from prep.s3dis import Stanford2D3DSFrames
 from prep.scannet import ScanNetFrames
 from util.cli import run_cli
@@ -77,15 +81,16 @@ def _feature_pixels(row, col, depth_hw, feat_hw):
 
 
 def _check_frame(frame):
+    """(depth, K, pose) of a frame, or None for a frame to skip (ScanNet's -inf pose of lost tracking); a NaN,
+    singular or non-rigid pose or an impossible intrinsic is refused (the file readers of prep/ name the file,
+    this names the frame for frames made in memory)."""
     depth = np.asarray(frame.depth)
     if depth.ndim != 2:
         raise ValueError(f"frame '{frame.name}': expected depth [H, W] in metres, found shape {list(depth.shape)}")
-    K = np.asarray(frame.intrinsic)
-    if K.shape not in ((3, 3), (4, 4)):
-        raise ValueError(f"frame '{frame.name}': expected a 3x3 or 4x4 intrinsic, found shape {list(K.shape)}")
-    pose = np.asarray(frame.pose)
-    if pose.shape != (4, 4):
-        raise ValueError(f"frame '{frame.name}': expected a 4x4 camera-to-world pose, found shape {list(pose.shape)}")
+    K = check_intrinsic(frame.intrinsic, f"frame '{frame.name}'")
+    pose = np.asarray(frame.pose, dtype=np.float64)
+    if not check_pose(pose, f"frame '{frame.name}'"):
+        return None
     return depth, K, pose
 
 
@@ -144,9 +149,10 @@ def _fuse_block(points, frames, feature_source, depth_threshold, cut_bound, chun
     sums = None
     frames_iter = progress_of(frames, 'frames', unit='frame') if progress else frames
     for frame in frames_iter:
-        depth_np, K, pose = _check_frame(frame)
-        if not np.isfinite(pose).all():
+        checked = _check_frame(frame)
+        if checked is None:
             continue
+        depth_np, K, pose = checked
         depth = torch.as_tensor(depth_np.astype(np.float32), device=device)
         # chunked over points: the projection's memory stays O(chunk) whatever the scene size
         hits = []
@@ -209,7 +215,7 @@ def scene_frames(dataset, data_root_2d, scene, args):
     if dataset == 'scannet':
         intrinsic = args.intrinsic_file
         if intrinsic and intrinsic != 'scene':
-            intrinsic = np.loadtxt(intrinsic)
+            intrinsic = read_intrinsic(intrinsic)
         return ScanNetFrames(os.path.join(data_root_2d, scene), scene=scene, intrinsic=intrinsic,
                              depth_scale=args.depth_scale or 1000.0, frame_skip=args.frame_skip)
     if dataset == 's3dis':
@@ -282,9 +288,12 @@ def fusion_settings(args):
 
 
 def frame_input_files(frames, scene, args):
-    """Every file a scene's fusion reads besides its 3D scene: the RGB-D frames and, for precomputed
+    """Every file a scene's fusion reads besides its 3D scene: the RGB-D frames, the intrinsic file given by
+    --intrinsic_file (its path alone is a setting; its numbers shape every scene) and, for precomputed
     features, the feature maps."""
     files = list(frames.files())
+    if args.dataset == 'scannet' and args.intrinsic_file and args.intrinsic_file != 'scene':
+        files.append(args.intrinsic_file)
     if args.feature_source == 'precomputed' and args.feature_dir:
         scene_dir = os.path.join(args.feature_dir, scene)
         if os.path.isdir(scene_dir):
@@ -292,10 +301,36 @@ def frame_input_files(frames, scene, args):
     return files
 
 
+def changed_frames_reason(entry, settings, files):
+    """Why a finished scene's frames differ from those its features were made from, naming a frame file; None
+    unless its recorded settings differ from ``settings`` (this run's, with the 'frames' fingerprint) in the
+    frames alone (other changes keep the manifest's own message, which lists every changed setting).
+
+    The manifest keeps one fingerprint of all frame files' names, sizes and modification times (a scene has
+    thousands), so the file that changed is found as one modified at or after the features were written;
+    a frame removed, renamed or replaced by an older copy changes the fingerprint without being newer."""
+    old = dict((entry or {}).get('settings') or {})
+    if not entry or old.get('frames') in (None, settings.get('frames')):
+        return None
+    if {k: v for k, v in old.items() if k != 'frames'} != {k: v for k, v in settings.items() if k != 'frames'}:
+        return None
+    written = [o.get('mtime_ns') for o in (entry.get('outputs') or {}).values() if o.get('mtime_ns')]
+    missing = [p for p in files if not os.path.isfile(p)]
+    newer = [p for p in files if written and os.path.isfile(p) and os.stat(p).st_mtime_ns >= min(written)]
+    changed = missing or newer
+    if not changed:
+        return (f'its frame files changed since its features were made ({len(files)} files now; a frame was added, '
+                f'removed, renamed or replaced by an older copy)')
+    more = f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''
+    state = 'is gone' if missing else 'changed'
+    return f"frame file '{changed[0]}'{more} {state} since its features were made"
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
 
     from dataset.formats import list_scenes, load_scene_3d, scene_name
+    from util.io import UnreadableFileError
     from util.misc import get_device
     from util.provenance import OutputManifest, files_fingerprint
     from util.run_folder import RunFolder
@@ -319,12 +354,15 @@ def main(argv=None):
                 frames = scene_frames(args.dataset, args.data_root_2d, scene, args)
                 if len(frames) == 0:
                     raise FileNotFoundError(f"no RGB-D frames under '{args.data_root_2d}' (see the layout in --help)")
-                inputs = {'frames': files_fingerprint(frame_input_files(frames, scene, args))}
+                frame_files = frame_input_files(frames, scene, args)
+                inputs = {'frames': files_fingerprint(frame_files)}
                 current, why = manifest.check(scene, [path], outs, inputs)
                 if current and not args.overwrite:
                     skipped += 1  # resumable: finished scenes are kept
                     continue
                 if not args.overwrite and all(os.path.isfile(o) for o in outs):
+                    why = changed_frames_reason(manifest.entries.get(scene), dict(manifest.settings, **inputs),
+                                                frame_files) or why
                     print(f'{scene}: recomputing: {why}')
                 if source is None:
                     source = build_feature_source(args)  # built lazily: a finished run never loads the 2D model
@@ -332,7 +370,7 @@ def main(argv=None):
                 feat, mask = fuse_features(points, frames, source, depth_threshold=args.depth_threshold,
                                            cut_bound=args.cut_bound, device=args.device, chunk_size=args.chunk_size,
                                            point_block_size=args.point_block_size, progress=True)
-            except (FileNotFoundError, ValueError) as err:
+            except (FileNotFoundError, ValueError, UnreadableFileError) as err:
                 failed[scene] = str(err)
                 print(f'{scene}: skipped, {err}')
                 continue

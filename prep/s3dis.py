@@ -40,7 +40,7 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 
 from dataset.label_constants import S3DIS_LABELS_13
-from prep.frames import FrameData, resize_intrinsic, resize_nearest
+from prep.frames import FrameData, check_intrinsic, check_pose, read_image, resize_intrinsic, resize_nearest
 from util.cli import run_cli
 
 UNKNOWN_CLASS = 'clutter'
@@ -93,7 +93,13 @@ def read_annotation(path):
     if values.size % 6:
         raise ValueError(f"S3DIS annotation '{path}': expected rows of 6 numbers 'x y z r g b', found "
                          f"{values.size} numbers in all")
-    return values.reshape(-1, 6)
+    rows = values.reshape(-1, 6)
+    # 'nan' and 'inf' parse as numbers: refused here, naming the file, rather than by a reader of the .pth
+    bad = np.flatnonzero(~(np.isfinite(rows[:, :3]).all(1) & ((rows[:, 3:] >= 0) & (rows[:, 3:] <= 255)).all(1)))
+    if bad.size:
+        raise ValueError(f"S3DIS annotation '{path}': {bad.size} of {len(rows)} rows hold non-finite coordinates or "
+                         f"colours outside 0..255; the first is row {bad[0] + 1} = {rows[bad[0]].tolist()}")
+    return rows
 
 
 def process_room(room_dir):
@@ -176,18 +182,32 @@ AREA_5B_TO_AREA_5 = np.array([[0.0, 1.0, 0.0, -4.09703582],
 def read_2d3ds_pose(path, area_5b=False):
     """(K 3x3, camera-to-world 4x4) from a 2D-3D-S pose json (its camera_rt_matrix is world-to-camera);
     ``area_5b``: the pose comes from the area_5b scan and is moved into Area_5's frame."""
-    with open(path) as f:
-        meta = json.load(f)
+    from util.io import UnreadableFileError
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"2D-3D-S pose '{path}' does not exist")
+    try:
+        with open(path, encoding='utf-8') as f:
+            meta = json.load(f)
+    except ValueError as err:  # json's errors (a cut file, binary content) do not name the file
+        raise UnreadableFileError(f"cannot read 2D-3D-S pose '{path}': not a complete JSON file ({err})") from None
     try:
         K = np.asarray(meta['camera_k_matrix'], np.float64)
         rt = np.asarray(meta['camera_rt_matrix'], np.float64)
-    except KeyError as err:
-        raise ValueError(f"2D-3D-S pose '{path}': expected keys camera_k_matrix and camera_rt_matrix, missing {err}")
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"2D-3D-S pose '{path}': expected keys camera_k_matrix and camera_rt_matrix, missing "
+                         f"{err}") from None
+    except ValueError as err:  # ragged lists or non-numbers
+        raise ValueError(f"2D-3D-S pose '{path}': camera_k_matrix and camera_rt_matrix must be matrices of "
+                         f"numbers ({err})") from None
     if K.shape != (3, 3) or rt.shape not in ((3, 4), (4, 4)):
         raise ValueError(f"2D-3D-S pose '{path}': expected camera_k_matrix 3x3 and camera_rt_matrix 3x4, found "
                          f"{list(K.shape)} and {list(rt.shape)}")
+    check_intrinsic(K, f"2D-3D-S pose '{path}' (camera_k_matrix)")
     world_to_camera = np.eye(4)
     world_to_camera[:3] = rt[:3]
+    # 2D-3D-S has no marker of invalid poses: an infinite entry is garbage like a NaN
+    if not check_pose(world_to_camera, f"2D-3D-S pose '{path}' (camera_rt_matrix)"):
+        raise ValueError(f"2D-3D-S pose '{path}': camera_rt_matrix holds infinite values")
     camera_to_world = np.linalg.inv(world_to_camera)
     if area_5b:
         camera_to_world = AREA_5B_TO_AREA_5 @ camera_to_world
@@ -238,7 +258,6 @@ class Stanford2D3DSFrames:
         return os.path.join(data_dir, domain, f'{stem}_domain_{domain}.png')
 
     def __iter__(self) -> Iterator[FrameData]:
-        from PIL import Image
         for pose_path in self.poses:
             area_dir = os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(pose_path))))
             K, pose = read_2d3ds_pose(pose_path, area_5b=area_dir == 'area_5b')
@@ -246,8 +265,8 @@ class Stanford2D3DSFrames:
             for p in (rgb_path, depth_path):
                 if not os.path.isfile(p):
                     raise FileNotFoundError(f"2D-3D-S frame '{pose_path}' has no '{p}'")
-            color = np.asarray(Image.open(rgb_path).convert('RGB'))
-            raw = np.asarray(Image.open(depth_path))
+            color = read_image(rgb_path, '2D-3D-S colour image', 'RGB')
+            raw = read_image(depth_path, '2D-3D-S depth image')
             if raw.ndim != 2:
                 raise ValueError(f"2D-3D-S depth '{depth_path}': expected a 16-bit single-channel PNG, found shape "
                                  f"{list(raw.shape)}")

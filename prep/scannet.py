@@ -7,7 +7,8 @@ property ``label`` = NYU40 id, as ScanNet documents it), map NYU40 ids to the 20
 ``<out>/<scene>_vh_clean_2.pth`` = (coords float32 [N,3], colors float32 [N,3] = rgb / 127.5 - 1, labels).
 The NYU40 -> benchmark table is built from the ``nyu40id`` / ``nyu40class`` columns of
 ``scannetv2-labels.combined.tsv`` when the user gives it (``--label_map_file``), else from ScanNet's benchmark
-id list (1-12, 14, 16, 24, 28, 33, 34, 36, 39), which the tsv reproduces.
+id list (1-12, 14, 16, 24, 28, 33, 34, 36, 39), which the tsv reproduces. A malformed PLY, or a vertex with NaN /
+Inf coordinates or a colour outside 0..255, is refused naming the file before anything is written.
 
 2D (as OpenScene's ``preprocess_2d_scannet.py``): read ``<scene>.sens`` (ScanNet's SensorData format, version 4)
 and export every ``frame_skip``-th frame (20) resized to 320x240 (nearest, as upstream):
@@ -33,7 +34,8 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 
 from dataset.label_constants import IGNORE_LABEL, SCANNET_LABELS_20
-from prep.frames import SCANNET_IMAGE_SIZE, FrameData, resize_intrinsic, resize_nearest, scannet_intrinsic
+from prep.frames import (SCANNET_IMAGE_SIZE, FrameData, read_image, read_intrinsic, read_pose, resize_intrinsic,
+                         resize_nearest, scannet_intrinsic)
 from util.cli import run_cli
 
 SCANNET_SUFFIX = '_vh_clean_2'
@@ -98,13 +100,38 @@ def nyu40_to_benchmark(tsv_path: Optional[str] = None, max_id=255) -> np.ndarray
 
 
 # ----------------------------------------------------------------------------- 3D
-def read_ply_vertices(path):
-    from plyfile import PlyData
+def read_ply_vertices(path, what='PLY file'):
+    """The vertex table of a PLY file.
+
+    plyfile's parse errors ("line 4: early end-of-file", "element 'vertex': row 3: early end-of-file") name
+    neither the file nor the likely cause; they become one ``UnreadableFileError`` that says both."""
+    from plyfile import PlyData, PlyElementParseError, PlyHeaderParseError
+
+    from util.io import UnreadableFileError
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"PLY file '{path}' does not exist")
-    ply = PlyData.read(path)
+        raise FileNotFoundError(f"{what} '{path}' does not exist")
+    if os.path.getsize(path) == 0:
+        raise UnreadableFileError(f"cannot read {what} '{path}': it is empty (0 bytes); re-download or re-export it")
+    try:
+        ply = PlyData.read(path)
+    except PlyHeaderParseError as err:
+        raise UnreadableFileError(
+            f"cannot read {what} '{path}': malformed PLY header ({err}); expected 'ply', 'format <ascii|"
+            f"binary_little_endian|binary_big_endian> 1.0', 'element vertex <count>' followed by its "
+            f"'property <type> <name>' lines, and 'end_header'") from None
+    except PlyElementParseError as err:
+        raise UnreadableFileError(
+            f"cannot read {what} '{path}': its data do not match its header ({err}): the file is cut short, or the "
+            f"header's element counts or property lists are wrong; re-download or re-export it") from None
+    except MemoryError:
+        raise UnreadableFileError(f"cannot read {what} '{path}': its header announces more data than memory holds "
+                                  f"(a damaged element count?)") from None
+    except (ValueError, EOFError) as err:  # e.g. a negative count, or binary bytes in the header
+        raise UnreadableFileError(f"cannot read {what} '{path}': not a readable PLY file "
+                                  f"({type(err).__name__}: {err})") from None
     if 'vertex' not in ply:
-        raise ValueError(f"PLY file '{path}': no 'vertex' element")
+        raise ValueError(f"{what} '{path}': no 'vertex' element (found elements "
+                         f"{[e.name for e in ply.elements]})")
     return ply['vertex'].data
 
 
@@ -116,17 +143,36 @@ def _fields(vertices, names, path):
     return np.stack([np.asarray(vertices[n]) for n in names], axis=1)
 
 
+def check_vertices(coords, rgb, path):
+    """Refuse a mesh with no vertices, NaN / Inf coordinates or colours outside 0..255.
+
+    Written into the .pth, such a vertex is only found later, by a reader that blames the .pth (or, worse, by a
+    training loss turning NaN); here the mesh is still known, so the error names it, the first bad vertex and
+    how many there are."""
+    if coords.shape[0] == 0:
+        raise ValueError(f"mesh '{path}': no vertices")
+    checks = (('non-finite coordinates (NaN or Inf)', coords, np.isfinite(coords).all(1)),
+              ('colours outside 0..255 (or NaN)', rgb, ((rgb >= 0) & (rgb <= 255)).all(1)))
+    for problem, values, ok in checks:
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            raise ValueError(f"mesh '{path}': {bad.size} of {len(ok)} vertices have {problem}; the first is vertex "
+                             f"{bad[0]} = {values[bad[0]].tolist()}")
+
+
 def process_scene_3d(scan_dir, out_path, label_table: Optional[np.ndarray], require_labels=True):
     """One scan folder -> ``out_path`` (.pth, docs/formats.md). Returns the number of points."""
     from dataset.formats import save_scene_3d
     scene = os.path.basename(os.path.normpath(scan_dir))
     mesh_path = os.path.join(scan_dir, scene + SCANNET_SUFFIX + '.ply')
     label_path = os.path.join(scan_dir, scene + SCANNET_SUFFIX + '.labels.ply')
-    v = read_ply_vertices(mesh_path)
+    v = read_ply_vertices(mesh_path, 'mesh')
     coords = _fields(v, ('x', 'y', 'z'), mesh_path).astype(np.float32)
-    colors = (_fields(v, ('red', 'green', 'blue'), mesh_path).astype(np.float32) / 127.5 - 1.0).astype(np.float32)
+    rgb = _fields(v, ('red', 'green', 'blue'), mesh_path).astype(np.float32)
+    check_vertices(coords, rgb, mesh_path)
+    colors = (rgb / 127.5 - 1.0).astype(np.float32)
     if os.path.isfile(label_path):
-        lv = read_ply_vertices(label_path)
+        lv = read_ply_vertices(label_path, 'label mesh')
         nyu = np.asarray(lv['label'] if 'label' in lv.dtype.names else _fields(lv, ('label',), label_path)[:, 0])
         if nyu.shape[0] != coords.shape[0]:
             raise ValueError(f"'{label_path}' has {nyu.shape[0]} vertices but '{mesh_path}' has {coords.shape[0]}")
@@ -187,6 +233,10 @@ class SensorData:
             self.color_width, self.color_height, self.depth_width, self.depth_height = read('4I')
             self.depth_shift, = read('f')
             num_frames, = read('Q')
+            size = os.fstat(f.fileno()).st_size
+            if num_frames * _FRAME_HEADER.size > size - f.tell():  # a garbage count, before allocating for it
+                raise ValueError(f"'{path}': the header announces {num_frames} frames, more than the file's "
+                                 f"{size} bytes can hold: truncated or not a .sens file")
             self.poses = np.zeros((num_frames, 4, 4), np.float32)
             self._offsets = []  # (colour offset, colour size, depth size) per frame
             for i in range(num_frames):
@@ -219,13 +269,23 @@ class SensorData:
         if self.color_compression not in ('jpeg', 'png'):
             raise ValueError(f"'{self.path}': colour compression '{self.color_compression}' is not supported "
                              f"(ScanNet uses jpeg)")
-        return np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
+        try:
+            return np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
+        except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for damaged data
+            from util.io import UnreadableFileError
+            raise UnreadableFileError(f"cannot read '{self.path}' frame {i}: its {self.color_compression} colour "
+                                      f"image is damaged ({err})") from None
 
     def depth_raw(self, i) -> np.ndarray:
         """Frame i's depth, [H, W] uint16 in 1/depth_shift metres (millimetres for ScanNet)."""
         _, data = self._payload(i)
         if self.depth_compression == 'zlib_ushort':
-            data = zlib.decompress(data)
+            try:
+                data = zlib.decompress(data)
+            except zlib.error as err:
+                from util.io import UnreadableFileError
+                raise UnreadableFileError(f"cannot read '{self.path}' frame {i}: its zlib depth data are damaged "
+                                          f"({err})") from None
         elif self.depth_compression != 'raw_ushort':
             raise ValueError(f"'{self.path}': depth compression '{self.depth_compression}' is not supported "
                              f"(ScanNet uses zlib_ushort)")
@@ -301,7 +361,7 @@ class ScanNetFrames:
         names = [os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(glob.escape(color_dir), '*.jpg'))]
         self.frame_ids = sorted(names, key=lambda s: (int(s) if s.isdigit() else float('inf'), s))[::frame_skip]
         if isinstance(intrinsic, str) and intrinsic == 'scene':
-            intrinsic = np.loadtxt(os.path.join(scene_dir, 'intrinsic', 'intrinsic_depth.txt'))
+            intrinsic = read_intrinsic(os.path.join(scene_dir, 'intrinsic', 'intrinsic_depth.txt'))
         self.intrinsic = None if intrinsic is None else np.asarray(intrinsic, np.float64)
         self.depth_scale = depth_scale
 
@@ -316,16 +376,15 @@ class ScanNetFrames:
         return paths + ([intrinsic] if os.path.isfile(intrinsic) else [])
 
     def __iter__(self) -> Iterator[FrameData]:
-        from PIL import Image
         for fid in self.frame_ids:
-            color = np.asarray(Image.open(os.path.join(self.scene_dir, 'color', fid + '.jpg')).convert('RGB'))
+            color = read_image(os.path.join(self.scene_dir, 'color', fid + '.jpg'), 'colour image', 'RGB')
             depth_path = os.path.join(self.scene_dir, 'depth', fid + '.png')
-            depth_raw = np.asarray(Image.open(depth_path))
+            depth_raw = read_image(depth_path, 'depth image')
             if depth_raw.ndim != 2:
                 raise ValueError(f"depth image '{depth_path}': expected a single-channel 16-bit PNG, found shape "
                                  f"{list(depth_raw.shape)}")
             depth = depth_raw.astype(np.float32) / self.depth_scale
-            pose = np.loadtxt(os.path.join(self.scene_dir, 'pose', fid + '.txt'))
+            pose = read_pose(os.path.join(self.scene_dir, 'pose', fid + '.txt'))
             K = self.intrinsic if self.intrinsic is not None else scannet_intrinsic(depth.shape)
             yield FrameData(color=color, depth=depth, intrinsic=K, pose=pose, name=f'{self.scene}/{fid}')
 

@@ -90,6 +90,56 @@ def test_a_retrained_adapter_makes_the_embeddings_stale(chain):
     assert not check_upstream(str(cwd / 'data' / 'feat'), 'ess', scenes, 'ESG training', '')  # no manifest there
 
 
+def test_a_feature_file_fused_after_plg_makes_its_scene_stale(chain):
+    """A second view's features (``<scene>_1.pt``) appearing after PLG: PLG's and ESS inference's outputs for
+    that scene were made without it, so ESS training and ESG training stop, naming the new file."""
+    import train_openseg_pre_train
+    from dataset.ess_loader import ESSPointDataset
+    cwd, data, exp = chain
+    new = cwd / 'data' / 'feat' / 'scene0001_00_1.pt'
+    new.write_bytes((cwd / 'data' / 'feat' / 'scene0001_00_0.pt').read_bytes())
+    try:
+        reader = ESSPointDataset(str(cwd / 'data' / '3d'), 'train', str(cwd / 'data' / 'feat'), 10, 6,
+                                 pseudo_label_path=str(exp / 'plg')).reader
+        assert reader.scene_inputs('scene0001_00')[-1] == str(new)
+        appeared = rf"scene0001_00 \('{new}' appeared after it was made"
+        with pytest.raises(StaleInputError, match=appeared):
+            check_upstream(str(exp / 'plg'), 'plg', reader.scenes, 'ESS training', 'rerun PLG',
+                           current_inputs=reader.scene_inputs)
+        with pytest.raises(StaleInputError, match=appeared):
+            check_upstream(str(exp / 'ess_embeddings'), 'ess', reader.scenes, 'ESG training', 'rerun ESS inference',
+                           current_inputs=lambda s: [str(new)] if s == 'scene0001_00' else [])
+        # a file in a folder the upstream stage never read (another feature root) is not its input
+        assert check_upstream(str(exp / 'plg'), 'plg', reader.scenes, 'ESS training', '',
+                              current_inputs=lambda s: [str(cwd / 'elsewhere' / f'{s}_0.pt')])
+        old = os.getcwd()
+        os.chdir(cwd)
+        try:
+            ess_data = [v for k, v in zip(data[0::2], data[1::2]) if k != 'arch_3d' for v in (k, v)]
+            with pytest.raises(StaleInputError, match=appeared):
+                train_openseg_pre_train.main(['--config', os.path.join(ROOT, 'config/demo/openseg_pre_train.yaml'),
+                                              *ess_data, 'exp_root', str(exp), 'save_path', str(exp / 'ess_new'),
+                                              'epochs', '1', 'workers', '0'])
+        finally:
+            os.chdir(old)
+    finally:
+        new.unlink()
+
+
+def test_a_scene_without_embeddings_stops_esg_unless_asked_to_go_on(tmp_path):
+    """ESG's loader drops a train scene without ESS embeddings only under ``missing_scenes warn`` (upstream's
+    behaviour), and lists it; by default it stops, naming the scene and the stage that writes it."""
+    from dataset.feature_loader import FusedFeatureLoader
+    make_tiny_dataset(str(tmp_path))
+    (tmp_path / 'feat' / 'scene0002_00_0.pt').unlink()
+    root, feat = str(tmp_path / '3d'), str(tmp_path / 'feat')
+    with pytest.raises(FileNotFoundError, match=r"1 of 4 scenes of split 'train' have no features in .*"
+                                                r"scene0002_00\. Complete the stage .*missing_scenes warn"):
+        FusedFeatureLoader(root, feat, voxel_size=0.05, split='train', missing_scenes='error')
+    loader = FusedFeatureLoader(root, feat, voxel_size=0.05, split='train', missing_scenes='warn')
+    assert loader.skipped_scenes == ['scene0002_00'] and len(loader) == 3
+
+
 def test_labels_scenes_and_checkpoints_that_are_wrong_are_named(tmp_path):
     """Nothing lost or mis-typed silently: fractional labels, a scene that is a folder, a diverged checkpoint,
     a query named like the segmentation's files."""

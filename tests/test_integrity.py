@@ -461,8 +461,20 @@ def test_empty_foreign_truncated_files_and_folders_are_named_as_such(tmp_path):
                           'full.pth': 'a zip archive', 'empty.pth': 'is empty'}.items():
         with pytest.raises(UnreadableFileError, match=rf"{name}.*{message}"):
             safe_np_load(tmp_path / name, 'text embeddings')
+    # a scene of 0 points (numpy's empty arrays pickle their data as bytes()), a zip cut before its directory
+    torch.save((np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32), np.zeros(0, np.int64)),
+               tmp_path / 'empty_scene.pth')
+    with pytest.raises(formats.FormatError, match=r"empty_scene.pth' has no points \(0 x 3 coords\)"):
+        formats.load_scene_3d(str(tmp_path / 'empty_scene.pth'))
+    (tmp_path / 'cut_end.pth').write_bytes((tmp_path / 'full.pth').read_bytes()[:-200])
+    with pytest.raises(UnreadableFileError, match=r"cut_end.pth': truncated or corrupt"):
+        safe_torch_load(tmp_path / 'cut_end.pth', '3D scene')
     with pytest.raises(IsADirectoryError, match='it is a directory'):
         uio.atomic_write_text(tmp_path / 'folder.pth', 'x')
+    with pytest.raises(ConfigError, match=r"'pseudo_label_path': '.*full.pth' is a file, expected a folder$"):
+        load_config(['--config', os.path.join(ROOT, 'config/demo/openseg_pre_train.yaml'), 'pseudo_label_path',
+                     str(tmp_path / 'full.pth'), 'data_root', str(tmp_path), 'data_root_2d_fused_feature',
+                     str(tmp_path)], train_openseg_pre_train.SCHEMA)
     with pytest.raises(ConfigError, match='is a directory, expected a .yaml file'):
         load_config(['--config', str(tmp_path)], train_openseg_pre_train.SCHEMA)
 

@@ -228,7 +228,7 @@ def test_feature_loader_skips_scenes_without_features(tmp_path, scannet):
     for k in range(5):
         os.remove(os.path.join(feat_root, f'scene0001_00_{k}.pt'))
     loader = FusedFeatureLoader(root, feat_root, voxel_size=0.05, split='train', seed=0)
-    assert loader.num_skipped == 1 and len(loader) == 1 and loader.scene_name(0) == 'scene0000_00'
+    assert loader.skipped_scenes == ['scene0001_00'] and len(loader) == 1 and loader.scene_name(0) == 'scene0000_00'
     empty = tmp_path / 'empty_feat'
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match='empty_feat'):

@@ -111,6 +111,23 @@ def test_offline_errors(tmp_path, monkeypatch):
         te.apply_template(['chair'], 'no placeholder')
 
 
+def test_a_clip_checkpoint_that_would_run_code_is_refused_in_our_words(tmp_path):
+    """open_clip reads a local checkpoint itself; torch's refusal comes back without its weights_only advice."""
+    from prep.feature_sources import _create_open_clip
+    from util.io import UnreadableFileError
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ('this must never run',))
+    torch.save({'state_dict': Payload()}, tmp_path / 'clip.pt')
+    for build in (lambda: te.build_clip_text_model('ViT-B-32', str(tmp_path / 'clip.pt')),
+                  lambda: _create_open_clip('ViT-B-32', str(tmp_path / 'clip.pt'))):
+        with pytest.raises(UnreadableFileError) as err:
+            build()
+        assert "CLIP checkpoint '" in str(err.value) and "would call 'print'" in str(err.value)
+        assert 'weights_only' not in str(err.value)
+
+
 def test_missing_weights_offline_fail_at_once(monkeypatch):
     """A tag whose weights are not cached, with the hub unreachable, fails before open_clip tries to download
     (which retries for about a minute), naming both ways out."""

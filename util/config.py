@@ -312,6 +312,10 @@ def _check_values(cfg, schema, origin):
             ok = os.path.isdir(value) if key.exists == 'dir' else os.path.isfile(value)
             if not ok:
                 what = 'folder' if key.exists == 'dir' else 'file'
+                if os.path.exists(value):  # the other kind: no hint to run a stage that did run
+                    found = 'a folder' if os.path.isdir(value) else 'a file'
+                    raise ConfigError(f"{where(key.name)}config key '{key.name}': '{value}'{_resolved(value)} is "
+                                      f"{found}, expected a {what}")
                 raise ConfigError(f"{where(key.name)}config key '{key.name}': {what} '{value}'{_resolved(value)} does "
                                   f"not exist" + (f'; {key.hint}' if key.hint else ''))
 

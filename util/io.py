@@ -13,6 +13,7 @@ truncated, not a torch / numpy file at all, or refused because loading it would 
 import contextlib
 import errno
 import os
+import pickle
 import re
 import tempfile
 
@@ -135,7 +136,18 @@ def _check_readable(path, what):
         return f.read(8)
 
 
-def _describe_torch_failure(err, head):
+def _zip_is_whole(path):
+    """Whether a zip archive opens and every member's checksum holds (a cut file loses its directory,
+    which sits at the end; torch then reports only 'Invalid argument')."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
+
+
+def _describe_torch_failure(err, head, path):
     """Why ``torch.load(weights_only=True)`` refused a file, in words (torch's own text advises
     ``weights_only=False``, which would run the file's code: never repeat that)."""
     text = str(err)
@@ -145,7 +157,8 @@ def _describe_torch_failure(err, head):
                 f"tensors, numpy arrays and plain Python containers are accepted. Re-save the data as tensors / "
                 f"arrays (e.g. torch.save({{'feat': tensor}})) from a source you trust")
     if head.startswith(_ZIP_MAGIC):
-        if 'central directory' in text or 'failed reading' in text or isinstance(err, EOFError):
+        if ('central directory' in text or 'failed reading' in text or isinstance(err, EOFError)
+                or not _zip_is_whole(path)):
             return 'truncated or corrupt (incomplete zip archive): the write was interrupted or the copy is partial'
         return f'a zip archive that is not a readable torch file ({type(err).__name__}: {text.splitlines()[0]})'
     if head.startswith(_NPY_MAGIC):
@@ -156,6 +169,20 @@ def _describe_torch_failure(err, head):
         return ('a Python pickle that is not a torch file, or one holding objects the safe loader does not '
                 'accept; re-save its arrays with torch.save')
     return f'not a torch file (unrecognised content, first bytes {head[:8]!r})'
+
+
+def refused_torch_file(err, path, what):
+    """An ``UnreadableFileError`` in our words when ``err`` is torch refusing or failing to read the local file
+    ``path`` inside another library's loader (open_clip loads its checkpoints itself), else None: torch's own
+    text would advise ``weights_only=False``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path) or not isinstance(err, (pickle.UnpicklingError, RuntimeError, EOFError, OSError)):
+        return None
+    if 'weights_only' not in str(err) and not isinstance(err, (pickle.UnpicklingError, EOFError)):
+        return None
+    with open(path, 'rb') as f:
+        head = f.read(8)
+    return UnreadableFileError(f"cannot read {what} '{path}': {_describe_torch_failure(err, head, path)}")
 
 
 def _numpy_safe_globals():
@@ -173,6 +200,8 @@ def _numpy_safe_globals():
     # scalars appear when a file stores e.g. a numpy int as metadata
     objects += [np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
                 np.uint8, np.uint16, np.uint32, np.uint64, np.bool_]
+    # an empty array pickles its (empty) data as bytes(): a constructor, no code of the file's own
+    objects.append(bytes)
     return objects
 
 
@@ -193,7 +222,7 @@ def safe_torch_load(path, what='file', map_location='cpu'):
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt / unsafe / foreign files
-        raise UnreadableFileError(f"cannot read {what} '{path}': {_describe_torch_failure(err, head)}") from None
+        raise UnreadableFileError(f"cannot read {what} '{path}': {_describe_torch_failure(err, head, path)}") from None
 
 
 def safe_np_load(path, what='file', hint=''):
@@ -213,7 +242,9 @@ def safe_np_load(path, what='file', hint=''):
         text = str(err)
         if 'Failed to read all data' in text or 'not fully written' in text:
             reason = 'truncated (fewer bytes than its header announces): the write was interrupted'
-        elif 'pickled' in text:
+        elif 'EOF' in text or 'reading array header' in text:
+            reason = 'truncated (the header is incomplete)'
+        elif 'pickled' in text or 'Object arrays' in text:
             reason = 'it holds Python objects (a pickled array), refused: loading it could run code'
         else:
             reason = text.splitlines()[0]

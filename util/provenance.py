@@ -84,22 +84,25 @@ class StaleInputError(ValueError):
     """A stage's input is another stage's output made from inputs that have changed since."""
 
 
-def check_upstream(folder, stage, scenes, consumer, refresh):
+def check_upstream(folder, stage, scenes, consumer, refresh, current_inputs=None):
     """Refuse when outputs of ``stage`` in ``folder`` that ``consumer`` is about to read are stale.
 
     ``scenes``: the names the consumer reads. The upstream manifest (``<folder>/<stage>_manifest.jsonl``) records,
     per scene, the digests of the inputs it was made from and of its outputs; a scene is stale when it has no
     record, or a recorded input or output is gone or has other contents now (a feature file re-fused, the adapter
-    retrained, a label file edited). ``refresh``: the command that brings the stage up to date (it recomputes
-    the stale scenes only). A folder without a manifest was not made by a stage of this project (e.g.
-    OpenScene's released features) and is not checked: returns False; True when checked."""
+    retrained, a label file edited). ``refresh``: the command that brings the stage up to date (it recomputes the
+    stale scenes only). ``current_inputs(scene)``: the files such a scene would be made from now (e.g. its
+    fused-feature files); one that lies in the folder of a recorded input but is not recorded appeared after the
+    upstream stage ran (a second view's features fused later), so the scene is stale too. A folder without a manifest
+    was not made by a stage of this project (e.g. OpenScene's released features) and is not checked: returns False;
+    True when checked."""
     path = os.path.join(folder, f'{stage}_manifest.jsonl')
     if not os.path.isfile(path):
         return False
     entries, _ = read_manifest(path)
     stale = []
     for scene in scenes:
-        why = _stale_reason(entries.get(scene))
+        why = _stale_reason(entries.get(scene), current_inputs(scene) if current_inputs else ())
         if why:
             stale.append(f'{scene} ({why})')
     if stale:
@@ -136,9 +139,14 @@ def refresh_command(script, folder, config_name, driver):
     return f'sh {driver} {folder} <its config>'
 
 
-def _stale_reason(entry):
+def _stale_reason(entry, current_inputs=()):
     if entry is None:
         return 'no provenance record: written by an interrupted run or an older version'
+    recorded = set(entry.get('inputs') or {})
+    folders = {os.path.dirname(f) for f in recorded}
+    for file in map(os.path.abspath, current_inputs):
+        if file not in recorded and os.path.dirname(file) in folders:
+            return f"'{file}' appeared after it was made (not one of its inputs)"
     for kind in ('inputs', 'outputs'):
         for file, known in (entry.get(kind) or {}).items():
             if not os.path.isfile(file):

@@ -3,9 +3,11 @@
 viser serves a prebuilt web client (three.js) from its pip wheel and talks to it over a websocket; the
 Python side here keeps the scenes (``viewer.data.ViewerData``) and answers the GUI's events: scene selector,
 colour mode, a text box whose query is scored against the loaded embeddings, point size. The legend is an
-HTML block of swatches, one per colour on screen.
+HTML block of swatches, one per colour on screen. Every request passes the Host, Origin and token checks of
+``viewer.security`` before viser answers it.
 """
 import html
+import secrets
 import threading
 
 import numpy as np
@@ -36,12 +38,19 @@ def _colorbar(lo, hi, label):
 
 
 class ViewerApp:
-    """One viser server showing ``ViewerData``; every GUI event runs in viser's thread pool."""
+    """One viser server showing ``ViewerData``; every GUI event runs in viser's thread pool.
 
-    def __init__(self, data, host='127.0.0.1', port=8080, point_size=None):
-        import viser
+    ``port`` is the one asked for: viser takes the next free one when it is taken (``self.port`` is the bound one).
+    ``token``: True, a random token the page and the websocket require (``self.url`` carries it); False, none
+    (Host and Origin are still checked); a string, that token.
+    """
+
+    def __init__(self, data, host='127.0.0.1', port=8080, point_size=None, token=True):
+        from viewer.security import RequestGuard, start_viser
         self.data = data
-        self.server = viser.ViserServer(host=host, port=port, label='3DSS-VLG viewer', verbose=False)
+        self.token = secrets.token_urlsafe(32) if token is True else (token or None)
+        self.guard = RequestGuard(host, token=self.token)
+        self.server = start_viser(self.guard, host=host, port=port, label='3DSS-VLG viewer', verbose=False)
         self.server.scene.set_up_direction('+z')
         self.lock = threading.RLock()  # one redraw at a time (events arrive on several threads; re-entrant: setting
         # a GUI value from here may run its callback on this thread)
@@ -79,8 +88,18 @@ class ViewerApp:
                 self.cloud.point_size = float(self.size_slider.value)
 
     @property
+    def port(self):
+        """The port bound (the one asked for, or the next free one when it was taken)."""
+        return self.server.get_port()
+
+    @property
     def url(self):
-        return f'http://{self.server.get_host()}:{self.server.get_port()}'
+        """The page to open, token included: http://127.0.0.1:<port>/?token=... (the --host address when it is
+        one address)."""
+        from viewer.security import bracketed
+        host = self.server.get_host()
+        host = {'': '127.0.0.1', '0.0.0.0': '127.0.0.1', '::': '[::1]'}.get(host, bracketed(host))
+        return f'http://{host}:{self.port}/' + (f'?token={self.token}' if self.token else '')
 
     # ------------------------------------------------------------------ drawing
     def show_scene(self, name):
