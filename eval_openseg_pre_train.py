@@ -16,8 +16,8 @@ fused embeddings give (the PLG formula per point), both
   - with the scene-level label mask (the PLG formula; "adapted pseudo labels"),
 each over the covered points (as upstream) and over all points (uncovered = 'unlabeled', counted as a
 miss in IoU too: ``metric.evaluate(no_feature_in_iou=True)``; upstream's metric leaves such points out
-of IoU, which makes its all-points mIoU equal the covered one). Labels are computed from the float16 embeddings as written,
-so a rerun that skips finished scenes prints the same numbers.
+of IoU, which makes its all-points mIoU equal the covered one). Labels are computed from the float16 embeddings as
+written, so a rerun that skips finished scenes prints the same numbers.
 """
 import hashlib
 import json
@@ -29,35 +29,23 @@ from torch.utils.data import DataLoader
 
 from dataset import formats
 from dataset.ess_loader import ESSSceneDataset, collate_scene
+from dataset.fused_features import feature_root
 from dataset.label_constants import dataset_info
 from pipeline import metric
-from pipeline.keys import dataset_keys, run_keys, text_keys, workers_key
 from pipeline.networks import build_adapter
 from pipeline.pseudo_labels import pseudo_labels_from_features, scene_label_mask
-from pipeline.text_embeddings import text_embeddings_from_config
-from train_openseg_pre_train import ADAPTER_KEYS
+from pipeline.schemas import ESS_INFERENCE
+from pipeline.stage import class_text_embeddings, run_stage
 from util.checkpoint import load_checkpoint
 from util.cli import run_cli
-from util.config import Key, Schema, check_one_experiment, load_config
 from util.io import atomic_write_text
-from util.misc import Timer, get_device, set_seed
+from util.misc import Timer, set_seed
 from util.progress import progress
 from util.provenance import OutputManifest, code_version
-from util.run_folder import RunFolder
 
 CHUNK = 65536  # points per forward pass: bounds memory on 500k-point scenes
 
-SCHEMA = Schema("ESS inference: write the adapted embeddings (ESG's targets) and score them", [
-    *dataset_keys(),
-    *text_keys(),
-    Key('splits', list, ['train', 'val'], 'splits to write (ESG trains on train and validates on val)', 'DATA',
-        item=str),
-    *ADAPTER_KEYS,
-    Key('model_path', str, '', "the adapter checkpoint ('' = <save_path>/best.pth)", 'ESS', exists='file'),
-    Key('ess_embedding_path', str, '${exp_root}/ess_embeddings', 'output folder of the adapted embeddings', 'ESS'),
-    workers_key(),
-    *run_keys('save_path', '${exp_root}/ess', seed=2023),
-], example='python eval_openseg_pre_train.py --config config/scannet/openseg_pre_eval.yaml splits=val')
+SCHEMA = ESS_INFERENCE
 
 # the label variants scored on scenes with GT: name -> (embeddings, use the scene-level label mask)
 VARIANTS = {
@@ -72,13 +60,6 @@ VARIANTS = {
 def adapt_scene(model, feat, device):
     out = [model.adapt(feat[s:s + CHUNK].to(device)).cpu() for s in range(0, feat.shape[0], CHUNK)]
     return torch.cat(out) if out else torch.zeros(0, model.feat_dim)
-
-
-def feature_root(cfg, split):
-    """Upstream keeps val features in another folder than train ones; '' means the same folder."""
-    if split == cfg.val_split and cfg.data_root_2d_fused_feature_val:
-        return cfg.data_root_2d_fused_feature_val
-    return cfg.data_root_2d_fused_feature
 
 
 def adapter_identity(model):
@@ -101,26 +82,26 @@ def load_written(path, mask_full, feat_dim):
 
 
 def main(argv=None):
-    cfg = load_config(argv, SCHEMA)
-    check_one_experiment(cfg, 'ESS inference', 'save_path', ('ess_embedding_path',))
-    # the embeddings folder and the folder of the log / metrics (the ESS training run's) are written by one run
-    # at a time
-    with RunFolder(cfg.ess_embedding_path, 'ESS inference'), RunFolder(cfg.save_path, 'ESS inference') as folder:
-        device = get_device(cfg.device)
-        return infer(cfg, device, folder.start('ess_infer', cfg, SCHEMA, device))
+    # the embeddings folder and the folder of the log / metrics (the ESS training run's): one run at a time
+    return run_stage(argv, SCHEMA, lambda cfg, stage: infer(cfg, stage.device, stage.logger), title='ESS inference',
+                     record='ess_infer', folder='save_path', also_lock=('ess_embedding_path',),
+                     experiment_inputs=('ess_embedding_path',))
 
 
 def infer(cfg, device, logger):
     set_seed(cfg.manual_seed)
     info = dataset_info(cfg.labelset)
-    text_embeddings = text_embeddings_from_config(cfg, info, 'cpu')
+    text_embeddings = class_text_embeddings(cfg, info, 'cpu')
+    roots = {split: feature_root(cfg.data_root_2d_fused_feature, cfg.data_root_2d_fused_feature_val, split,
+                                 cfg.val_split) for split in cfg.splits}
     for split in cfg.splits:
-        if os.path.realpath(cfg.ess_embedding_path) == os.path.realpath(feature_root(cfg, split)):
+        if os.path.realpath(cfg.ess_embedding_path) == os.path.realpath(roots[split]):
             raise ValueError(f"ess_embedding_path '{cfg.ess_embedding_path}' is the fused-feature folder of split "
                              f"'{split}': the adapted embeddings would replace their own input; choose another folder")
 
     # ---- model: the trained adapter (best.pth of the training run by default)
-    model = build_adapter(cfg, text_embeddings).to(device).eval()
+    model = build_adapter(text_embeddings, cfg.feature_2d_extractor, cfg.adapter_reduction,
+                          cfg.adapter_alpha).to(device).eval()
     model_path = cfg.model_path or os.path.join(cfg.save_path, 'best.pth')
     state = load_checkpoint(model_path, model, map_location=device)
     source = adapter_identity(model)
@@ -132,7 +113,7 @@ def infer(cfg, device, logger):
     results, timer = {}, Timer()
     num_classes = info.num_classes
     for split in cfg.splits:
-        dataset = ESSSceneDataset(cfg.data_root, split, feature_root(cfg, split), num_classes,
+        dataset = ESSSceneDataset(cfg.data_root, split, roots[split], num_classes,
                                   feat_dim=model.feat_dim)
         loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=cfg.workers, collate_fn=collate_scene)
         # per-variant confusion matrices summed over scenes (ScanNet train has ~1e8 points): covered points

@@ -22,80 +22,39 @@ import os
 
 import numpy as np
 
+from dataset import fused_features
 from dataset.formats import load_scene_3d, scene_name
 from dataset.label_constants import IGNORE_LABEL, dataset_info
-from models.sparse import dispatch
-from models.sparse.settings import configure_from
-from pipeline.inference import eval_dataset, predict_split
-from pipeline.keys import POSITIVE_INT, dataset_keys, network_keys, one_of, run_keys, text_keys, workers_key
+from pipeline.inference import predict_split
 from pipeline.metric import evaluate_confusion, format_table
-from pipeline.networks import build_disnet
-from pipeline.text_embeddings import text_embeddings_from_config
-from pipeline.visualize import (IGNORED_COLOR, ceiling_crop, ceiling_height, error_colors, iou_bar_chart,
-                                labels_to_colors, topdown_panels_png, write_ply)
+from pipeline.networks import build_model
+from pipeline.schemas import EVALUATION
+from pipeline.stage import class_text_embeddings, eval_split, network_values, run_stage
+from pipeline.visualize import (
+    IGNORED_COLOR,
+    ceiling_crop,
+    ceiling_height,
+    error_colors,
+    iou_bar_chart,
+    labels_to_colors,
+    topdown_panels_png,
+    write_ply,
+)
 from util import distributed as du
-from util.checkpoint import load_checkpoint
 from util.cli import run_cli
-from util.config import CfgNode, Key, Schema, load_config
-from util.io import atomic_np_save, atomic_write_text, safe_torch_load
+from util.io import atomic_np_save, atomic_write_text
 from util.misc import Timer, set_seed
 from util.provenance import array_digest, code_version, file_digest
-from util.run_folder import ExistingResultsError, RunFolder
+from util.run_folder import ExistingResultsError
 
-SCHEMA = Schema('Evaluate an ESG 3D network: per-point predictions, mIoU / mAcc, pictures', [
-    *dataset_keys(),
-    *text_keys(),
-    Key('split', str, 'val', 'split to evaluate', 'DATA'),
-    *network_keys(),
-    Key('model_path', str, '${exp_root}/esg/best.pth', 'the checkpoint to evaluate', 'TEST', exists='file',
-        hint='train ESG first (run/esg.sh), or give model_path'),
-    Key('feature_type', str, 'distill', "distill (the 3D network), fusion (the 2D features) or ensemble (OpenScene's)",
-        'TEST', **one_of('distill', 'fusion', 'ensemble')),
-    Key('test_repeats', int, 5, 'random voxelisations whose logits are summed (upstream 5)', 'TEST', **POSITIVE_INT),
-    Key('mark_no_feature_to_unknown', bool, True, "fusion: points without a 2D feature count as 'unlabeled'",
-        'TEST'),
-    Key('save_ply', bool, True, 'write coloured PLY files of prediction and GT', 'TEST'),
-    Key('save_png', bool, True, 'write a top-down picture per scene', 'TEST'),
-    Key('topdown_ceiling_crop', float, -1.0, 'metres cut below the top in the pictures (-1: 0.5 for S3DIS, whose '
-        'ceilings hide the room, none for ScanNet)', 'TEST'),
-    Key('stage_metrics', str, '${exp_root}/ess/ess_eval_metrics.json', "ESS inference's metrics: PLG and ESS bars "
-        "beside the network's in the per-class chart ('' = none)", 'TEST'),
-    workers_key(1),
-    *run_keys('save_folder', '${exp_root}/esg/result_eval', seed=1463),
-], example='python evaluate.py --config config/scannet/openseg_eval.yaml model_path exp/scannet/esg/best.pth '
-           'test_repeats=1')
-
-
-# what the network is built from; a checkpoint trained here records them, so it alone rebuilds its network
-NETWORK_KEYS = ('arch_3d', 'feature_2d_extractor', 'sparse_engine')
-
-
-def network_config(cfg, log):
-    """``cfg`` with the network keys of the checkpoint's own config (when it has one: upstream's have not)."""
-    if not cfg.model_path:
-        raise ValueError('model_path is empty: give the checkpoint to evaluate, e.g. model_path exp/demo/esg/best.pth')
-    trained = (safe_torch_load(cfg.model_path, 'checkpoint').get('extra') or {}).get('config') or {}
-    net_cfg = CfgNode(cfg)
-    for key in NETWORK_KEYS:
-        if key in trained and trained[key] != cfg[key]:
-            log(f"{key}: the checkpoint was trained with {trained[key]!r}, the config says {cfg[key]!r}; using "
-                f"the checkpoint's")
-            net_cfg[key] = trained[key]
-    return net_cfg
-
-
-def build_model(cfg, device, log):
-    """DisNet with the checkpoint's weights (strict: a different architecture is an error)."""
-    model = build_disnet(network_config(cfg, log)).to(device)
-    state = load_checkpoint(cfg.model_path, model, map_location=device)
-    return model, state
+SCHEMA = EVALUATION
 
 
 def scene_writer(cfg, val_set, info):
     """Callback of ``predict_split``: save a scene's predictions and pictures."""
-    from pipeline.query import coverage_mask
     palette = info.palette_with_unlabeled()
-    crop = ceiling_crop(cfg, info)
+    scenes = fused_features.scene_names(cfg.data_root)
+    crop = ceiling_crop(cfg.topdown_ceiling_crop, info)
 
     def on_scene(index, pred, _logits, gt):
         path = val_set.data_paths[index]
@@ -114,7 +73,7 @@ def scene_writer(cfg, val_set, info):
                 if (gt == IGNORE_LABEL).any():
                     legend.append(('ignored (no GT)', IGNORED_COLOR))
                 # which points no view saw: the 3D network fills them, the 2D features cannot
-                covered = coverage_mask(cfg.data_root_2d_fused_feature, path, len(coords))
+                covered = fused_features.coverage(cfg.data_root_2d_fused_feature, name, len(coords), scenes)
                 errors, categories = error_colors(pred, gt, info.num_classes, covered)
                 topdown_panels_png(os.path.join(cfg.save_folder, f'{name}_topdown.png'), coords,
                                    [('prediction', pred_colors), ('ground truth', gt_colors), ('errors', errors)],
@@ -198,34 +157,23 @@ def stage_comparison(cfg, logger, num_points):
 
 
 def main(argv=None):
-    cfg = load_config(argv, SCHEMA)
-    dist_info, device = du.init_distributed(cfg.device)
-    try:
-        with RunFolder(cfg.save_folder, 'evaluation', enabled=dist_info.rank == 0) as folder:
-            du.barrier()
-            sparse = configure_from(cfg)
-            dispatch.require()  # an implementation that needs a missing package stops the run here
-            logger = folder.start('eval', cfg, SCHEMA, device, rank=dist_info.rank,
-                                  local_world_size=int(os.environ.get('LOCAL_WORLD_SIZE', 1)),
-                                  sparse_conv=sparse.describe())
-            return evaluate(cfg, dist_info, device, logger)
-    finally:
-        du.cleanup()
+    return run_stage(argv, SCHEMA, lambda cfg, stage: evaluate_split(cfg, stage.dist, stage.device, stage.logger),
+                     title='evaluation', record='eval', folder='save_folder', distributed=True, sparse=True)
 
 
-def evaluate(cfg, dist_info, device, logger):
+def evaluate_split(cfg, dist_info, device, logger):
     set_seed(cfg.manual_seed)
     timer = Timer()
     info = dataset_info(cfg.labelset)
-    text_embeddings = text_embeddings_from_config(cfg, info, 'cpu')
+    text_embeddings = class_text_embeddings(cfg, info, 'cpu')
 
     model = None
     if cfg.feature_type != 'fusion':  # 'fusion' scores the 2D features, no network (as OpenScene)
-        model, state = build_model(cfg, device, logger.warning)
+        model, state = build_model(cfg.model_path, network_values(cfg), device, logger.warning)
         logger.info(f"loaded '{cfg.model_path}' ({state['epoch']} epochs trained, best val mIoU "
                     f"{state['best_metric']:.4f})")
 
-    val_set = eval_dataset(cfg, cfg.split)
+    val_set = eval_split(cfg, cfg.split)
     if du.is_main_process():
         claim_results(cfg.save_folder, evaluation_provenance(cfg, text_embeddings),
                       [scene_name(p) for p in val_set.data_paths], cfg.overwrite, logger.info)

@@ -6,8 +6,9 @@
     python query.py --config config/demo/openseg_eval.yaml input my_room.ply          # one's own scan
 
 The evaluation config (every key of it applies: test_repeats, voxel_size, model, text embeddings) plus the
-keys of ``_query_keys`` (``python query.py --help``), given as ``key value`` overrides. Per scene and query (``pipeline/query.py``: cosine similarity
-between the text embedding and the network's point embedding, averaged over the test-time voxelisations):
+keys of ``_query_keys`` (``python query.py --help``), given as ``key value`` overrides. Per scene and query
+(``pipeline/query.py``: cosine similarity between the text embedding and the network's point embedding, averaged
+over the test-time voxelisations):
     <scene>_<query slug>.ply    the points coloured by the heat map, a float 'score' per vertex, the scan's own
                                 colours as scan_red / scan_green / scan_blue
     <scene>_<query slug>.png    from above: the scene's colours beside the heat map
@@ -28,93 +29,17 @@ import os
 
 import numpy as np
 
-from dataset.formats import scene_name
 from dataset.label_constants import IGNORE_LABEL, dataset_info
 from pipeline import query as q
 from pipeline import visualize as vis
+from pipeline.networks import build_model
+from pipeline.schemas import QUERY
+from pipeline.stage import network_values, prediction, query_dataset, run_stage, text_source
 from util.cli import run_cli
-from util.config import load_config
 from util.io import atomic_np_save, atomic_write_text
-from util.misc import Timer, get_device, set_seed
-from util.run_folder import RunFolder
+from util.misc import Timer, set_seed
 
-
-def _query_keys():
-    from pipeline.keys import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, one_of
-    from util.config import Key
-    return [
-        Key('queries', str, '', "free-text queries separated by ';', e.g. 'chair;a soft place to sit'", 'QUERY'),
-        Key('labels', str, '', "a label set separated by ';' for the segmentation ('' = the config's classes)",
-            'QUERY'),
-        Key('query_embeddings', str, '', '.npy [Q, D]: one text embedding per name of queries (else labels), in order',
-            'QUERY', exists='file'),
-        Key('scenes', str, '', "scenes of split to answer, 'a,b' ('' = all)", 'QUERY'),
-        Key('input', str, '', "one's own scan(s): a .ply / .pth file or a folder of them, instead of the data set",
-            'QUERY'),
-        Key('input_up_axis', str, 'z', 'the up axis of the input scans (y for ARKit and many phone apps)', 'QUERY',
-            **one_of('x', 'y', 'z')),
-        Key('input_scale', float, 1.0, 'to metres: 0.001 for scans in millimetres', 'QUERY', **POSITIVE),
-        Key('input_checks', bool, True, "refuse an own scan whose size is not a room's (0.5-200 m: input_scale?) or "
-            'whose largest plane, the floor, is not horizontal (input_up_axis?)', 'QUERY'),
-        Key('ess_embedding_path', str, '${exp_root}/ess_embeddings', 'feature_type ess: the ESS inference output',
-            'QUERY'),
-        Key('score_threshold', float, 0.2, 'cosine similarity; the JSON reports the share of points above it',
-            'QUERY'),
-        Key('max_voxels', int, 1_000_000, 'larger voxelisations run in tiles (memory); 0 = never tile', 'QUERY',
-            **NON_NEGATIVE_INT),
-        Key('tile_margin', float, 1.0, 'metres of context around each tile', 'QUERY', **NON_NEGATIVE),
-    ]
-
-
-def _schema():
-    """The evaluation's keys (the same prediction) with query.py's own; the feature types add 'ess'."""
-    import evaluate
-    from pipeline.keys import one_of
-    from util.config import Key, Schema
-    keys = [k for k in evaluate.SCHEMA.keys if k.name not in ('feature_type', 'save_folder')]
-    keys += [Key('feature_type', str, 'distill', "distill (the 3D network), fusion (the fused 2D features) or ess "
-                 "(the ESS embeddings)", 'TEST', **one_of('distill', 'fusion', 'ess')),
-             Key('save_folder', str, '${exp_root}/query', 'output folder of the answers', 'RUN'),
-             *_query_keys()]
-    return Schema('Open-vocabulary queries and segmentation with any label set, on the data set or own scans', keys,
-                  example='python query.py --config config/demo/openseg_eval.yaml queries "chair;a place to sleep" '
-                          'scenes=scene0016_00')
-
-
-SCHEMA = _schema()
-
-
-def build_dataset(cfg):
-    """The scenes to answer: own scans (``input``), named scenes of ``split`` (``scenes``; voxelised as in the
-    whole split, ``pipeline.query.SceneSubset``), or all of ``split``."""
-    from dataset.scan_io import ScanLoader, list_scans
-    from pipeline.inference import eval_dataset
-    if cfg.input:
-        if cfg.scenes:
-            raise ValueError("give either input (own scans) or scenes (of the data set), not both")
-        return ScanLoader(list_scans(cfg.input), cfg.voxel_size, input_color=cfg.input_color, seed=cfg.manual_seed,
-                          up_axis=cfg.input_up_axis, scale=cfg.input_scale, checks=cfg.input_checks)
-    dataset = eval_dataset(cfg, cfg.split)
-    if not cfg.scenes:
-        return dataset
-    index = {scene_name(p): i for i, p in enumerate(dataset.data_paths)}
-    wanted = [s.strip() for s in str(cfg.scenes).split(',') if s.strip()]
-    missing = [s for s in wanted if s not in index]
-    if missing:
-        raise ValueError(f"scenes {missing} are not in '{os.path.join(cfg.data_root, cfg.split)}' "
-                         f"(it holds {sorted(index)[:10]}{' ...' if len(index) > 10 else ''})")
-    return q.SceneSubset(dataset, [index[s] for s in wanted])
-
-
-def check_dimensions(cfg, label_emb, query_emb):
-    """The text embeddings must live in the space the scores are computed in."""
-    from dataset.label_constants import feature_dim
-    dim = feature_dim(cfg.feature_2d_extractor)
-    for what, emb in (('labels', label_emb), ('queries', query_emb)):
-        if emb.numel() and emb.shape[1] != dim:
-            raise ValueError(f"{what}: text embeddings of dimension {emb.shape[1]}, but the {cfg.feature_type} features "
-                             f"are {dim}-d (feature_2d_extractor {cfg.feature_2d_extractor}); use the CLIP model of "
-                             f"that space (clip_model) or matching query_embeddings")
+SCHEMA = QUERY
 
 
 class SceneWriter:
@@ -125,7 +50,7 @@ class SceneWriter:
         self.slugs = q.slugs(queries)
         self.palette = list(palette) + [vis.UNLABELED_COLOR]
         self.logger = logger
-        self.crop = vis.ceiling_crop(cfg, info)
+        self.crop = vis.ceiling_crop(cfg.topdown_ceiling_crop, info)
         # the query's class index in the *label set of the GT* (the config's), for the top-10 % precision
         self.query_class = [q.class_index(info, name) for name in queries]
         self.gt_table = q.gt_table(info, labels)  # None: the label set is the data set's classes
@@ -165,7 +90,8 @@ class SceneWriter:
         lo, hi = q.scene_score_scale(r.scores, None if cfg.feature_type == 'distill' else r.covered)
         for k, (query, slug) in enumerate(zip(self.queries, self.slugs)):
             score = r.scores[:, k]
-            stats = q.score_stats(score, cfg.score_threshold, covered=r.covered if cfg.feature_type != 'distill' else None,
+            stats = q.score_stats(score, cfg.score_threshold,
+                                  covered=r.covered if cfg.feature_type != 'distill' else None,
                                   gt=r.gt if r.has_gt else None, class_id=self.query_class[k])
             missing = None if cfg.feature_type == 'distill' or r.covered is None else ~r.covered
             heat = vis.heat_colors(score, lo, hi, missing=missing)
@@ -231,15 +157,8 @@ def score_against_gt(conf, info, labels, table, logger):
 
 
 def main(argv=None):
-    cfg = load_config(argv, SCHEMA)
-    with RunFolder(cfg.save_folder, 'query') as folder:
-        device = get_device(cfg.device)
-        from models.sparse import dispatch
-        from models.sparse.settings import configure_from
-        sparse = configure_from(cfg)
-        dispatch.require()
-        return answer(cfg, device, folder.start('query', cfg, SCHEMA, device,
-                                                sparse_conv=sparse.describe()))
+    return run_stage(argv, SCHEMA, lambda cfg, stage: answer(cfg, stage.device, stage.logger), title='query',
+                     record='query', folder='save_folder', sparse=True)
 
 
 def answer(cfg, device, logger):
@@ -249,12 +168,14 @@ def answer(cfg, device, logger):
     queries = q.parse_names(cfg.queries, 'queries')
     labels = q.parse_names(cfg.labels, 'labels') or list(info.labels)
     if cfg.query_embeddings and cfg.labels and queries:
-        raise ValueError('query_embeddings holds the rows of one list of names: give queries or labels with it, not both')
+        raise ValueError('query_embeddings holds the rows of one list of names: give queries or labels with it, '
+                         'not both')
     # query_embeddings holds the rows of the queries, or of the labels when there are no queries
-    label_emb, label_sources = q.text_embeddings_for(cfg, info, labels, 'labels',
+    label_emb, label_sources = q.text_embeddings_for(text_source(cfg), info, labels, 'labels',
                                                      embeddings_path='' if queries else cfg.query_embeddings)
-    query_emb, query_sources = q.text_embeddings_for(cfg, info, queries, 'queries', embeddings_path=cfg.query_embeddings)
-    dataset = build_dataset(cfg)
+    query_emb, query_sources = q.text_embeddings_for(text_source(cfg), info, queries, 'queries',
+                                                     embeddings_path=cfg.query_embeddings)
+    dataset = query_dataset(cfg)
     if cfg.text_embeddings_path and any(src.startswith('open_clip') for src in label_sources + query_sources):
         logger.warning(f"the class rows come from the file text_embeddings_path '{cfg.text_embeddings_path}', the "
                        f"free text from open_clip {cfg.clip_model}: their scores compare only if that file holds "
@@ -263,10 +184,9 @@ def answer(cfg, device, logger):
 
     model = None
     if cfg.feature_type == 'distill':
-        from evaluate import build_model
-        model, state = build_model(cfg, device, logger.warning)
+        model, state = build_model(cfg.model_path, network_values(cfg), device, logger.warning)
         logger.info(f"loaded '{cfg.model_path}' ({state['epoch']} epochs trained)")
-    check_dimensions(cfg, label_emb, query_emb)
+    q.check_dimensions(cfg.feature_2d_extractor, cfg.feature_type, label_emb, query_emb)
     palette = q.label_palette(info, labels)
     atomic_write_text(os.path.join(cfg.save_folder, 'labels.json'), json.dumps(
         {'labels': labels, 'colors': [list(c) for c in palette], 'label_sources': label_sources,
@@ -279,8 +199,8 @@ def answer(cfg, device, logger):
                 f"feature_type {cfg.feature_type}, {cfg.test_repeats} voxelisation(s) -> '{cfg.save_folder}'")
 
     writer = SceneWriter(cfg, info, labels, queries, palette, logger)
-    conf = q.run_scenes(cfg, model, dataset, label_emb, query_emb, device, writer, desc='query', log=logger.info,
-                        gt_to_labels=writer.gt_table)
+    conf = q.run_scenes(prediction(cfg), model, dataset, label_emb, query_emb, device, writer, desc='query',
+                        log=logger.info, gt_to_labels=writer.gt_table)
     summary = {'config_file': cfg.config_file, 'model_path': cfg.model_path if model is not None else None,
                'feature_type': cfg.feature_type, 'test_repeats': cfg.test_repeats, 'labels': labels,
                'queries': queries, 'scenes': writer.scenes, 'wall_time_s': timer.elapsed()}

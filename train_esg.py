@@ -27,55 +27,24 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from dataset.formats import all_scene_names, fused_feature_files
+from dataset import fused_features
 from dataset.label_constants import IGNORE_LABEL, dataset_info
-from models.sparse import dispatch
-from models.sparse.settings import configure_from
-from pipeline.inference import eval_dataset, forward_voxels, predict_split
-from pipeline.keys import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, dataset_keys, network_keys, one_of, resume_key,
-                           run_keys, text_keys, workers_key)
-from pipeline.losses import LOSS_TYPES, SUPERVISED_LOSS, distillation_loss, supervised_cross_entropy
+from pipeline import training
+from pipeline.inference import forward_voxels, predict_split
+from pipeline.losses import SUPERVISED_LOSS, distillation_loss, supervised_cross_entropy
 from pipeline.metric import evaluate_confusion, format_table, per_class_scalars
 from pipeline.networks import build_disnet
-from pipeline.text_embeddings import text_embeddings_from_config
+from pipeline.schemas import ESG_TRAINING
+from pipeline.stage import class_text_embeddings, eval_split, network_values, run_stage
 from util import distributed as du
-from util.checkpoint import check_same_schedule, load_checkpoint, repair_best, save_best_and_last, unwrap_model
+from util.checkpoint import check_same_schedule, save_best_and_last, unwrap_model
 from util.cli import run_cli
-from util.config import Key, Schema, check_one_experiment, load_config
 from util.io import atomic_write_text
-from util.misc import AverageMeter, Timer, batch_scene_names, format_eta, set_seed
+from util.misc import AverageMeter, batch_scene_names, format_eta, set_seed
 from util.provenance import check_upstream, refresh_command
-from util.run_folder import RunFolder
-from util.tensorboard import close_writer, create_writer, log_scalars
+from util.tensorboard import create_writer, log_scalars
 
-SCHEMA = Schema('ESG: distil the ESS embeddings into a 3D sparse U-Net', [
-    *dataset_keys(),
-    *text_keys(),
-    Key('esg_targets', str, '${exp_root}/ess_embeddings', "the embeddings to distil (ESS inference's output; the "
-        "raw fused features give OpenScene's 3D distillation)", 'DATA', exists='dir',
-        hint='run ESS inference first (run/ess_eval.sh)'),
-    Key('missing_scenes', str, 'error', 'a train scene without an embedding in esg_targets: error (stop, naming it) '
-        'or warn (train without it, as upstream; listed in esg_summary.json)', 'DATA', **one_of('error', 'warn')),
-    Key('aug', bool, True, 'training augmentation (rotation, scale, flip, colour), as upstream', 'DATA'),
-    *network_keys(),
-    Key('loss_type', str, 'cosine', 'cosine: mean(1 - cos(f, e_ESS)) | l1 | supervised_ce (not the method: the '
-        'fully supervised ceiling, cross-entropy on GT labels)', 'ESG', **one_of(*LOSS_TYPES)),
-    Key('batch_size', int, 4, 'scenes per step, summed over processes (upstream 4)', 'ESG', **POSITIVE_INT),
-    Key('base_lr', float, 0.0001, 'Adam learning rate', 'ESG', **POSITIVE),
-    Key('power', float, 0.9, 'poly decay (1 - step / steps) ** power', 'ESG', **NON_NEGATIVE),
-    Key('lr_x10_after_first_step', bool, True, "upstream's quirk: 10 x poly(lr) from the second step on", 'ESG'),
-    Key('loop', int, 5, 'each epoch sees every training scene loop times', 'ESG', **POSITIVE_INT),
-    Key('epochs', int, 100, 'epochs', 'ESG', **POSITIVE_INT),
-    Key('sync_bn', bool, False, 'SyncBatchNorm under torchrun (CUDA only)', 'ESG'),
-    Key('print_freq', int, 10, 'log every print_freq steps', 'ESG', **POSITIVE_INT),
-    Key('evaluate', bool, True, 'validate during training', 'ESG'),
-    Key('eval_freq', int, 1, 'validate every eval_freq epochs (and after the last)', 'ESG', **POSITIVE_INT),
-    Key('val_repeats', int, 1, 'random voxelisations summed at validation', 'ESG', **POSITIVE_INT),
-    resume_key('ESG'),
-    Key('tensorboard', bool, True, 'write TensorBoard scalars to <save_path>/tensorboard', 'ESG'),
-    workers_key(8),
-    *run_keys('save_path', '${exp_root}/esg', seed=1463),
-], example='python train_esg.py --config config/scannet/openseg_train.yaml batch_size=8 base_lr 0.0002')
+SCHEMA = ESG_TRAINING
 
 
 # ----------------------------------------------------------------------------- schedule and loss
@@ -131,30 +100,21 @@ def unusable_batch(coords, mask, target='an ESS embedding (no 2D view covers the
 
 def non_finite_loss_message(loss, epoch, step, scenes, feats, feat_3d, model, amp):
     """Where a non-finite loss came from: the batch's inputs or targets (a bad file), or the network."""
-    where = f'ESG loss is {loss} at epoch {epoch + 1}, step {step + 1} (scenes {", ".join(scenes)})'
-    if not torch.isfinite(feats).all():
-        return f'{where}: the input colours hold NaN / Inf; fix the 3D scene files'
-    if not torch.isfinite(feat_3d).all():
-        return f'{where}: the ESS embeddings of these scenes hold NaN / Inf; rerun ESS inference (overwrite True)'
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        return f'{where}: the network weights became non-finite (training diverged); lower base_lr'
-    return (f'{where}: inputs, targets and weights are finite, so the forward pass overflowed'
-            + ('; turn amp off or use bf16' if amp not in ('off', False) else '; lower base_lr'))
+    return training.non_finite_loss_message(
+        'ESG', loss, epoch, step, scenes,
+        [(feats, 'the input colours hold NaN / Inf; fix the 3D scene files'),
+         (feat_3d, 'the ESS embeddings of these scenes hold NaN / Inf; rerun ESS inference (overwrite True)')], model,
+        'inputs, targets and weights are finite, so the forward pass overflowed'
+        + ('; turn amp off or use bf16' if amp not in ('off', False) else '; lower base_lr'))
 
 
-def validation_epochs(cfg, start=0):
-    """The (1-based) epochs after which validation runs: every eval_freq-th and the last."""
-    if not cfg.evaluate:
-        return []
-    return [e for e in range(start + 1, cfg.epochs + 1) if e % cfg.eval_freq == 0 or e == cfg.epochs]
-
-
-def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer, batch_scenes,
-                    text_embeddings, validation_left=lambda: 0.0):
+def train_one_epoch(model, loader, optimizer, scaler, cfg, device, epoch, logger, writer, batch_scenes, text_embeddings,
+                    validation_left=lambda: 0.0):
     """One epoch; ``validation_left()`` estimates the seconds the remaining validations take (for the ETA)."""
     model.train()
     loss_meter, step_time = AverageMeter(), AverageMeter()
     steps = len(loader)
+    max_iter = cfg.epochs * steps
     lr = learning_rate(epoch * steps, cfg, max_iter)  # returned as is if the loader is empty
     supervised = cfg.loss_type == SUPERVISED_LOSS  # the ceiling: GT labels of every annotated voxel, no 2D feature
     end = time.perf_counter()
@@ -216,12 +176,27 @@ def validate(model, val_set, text_embeddings, cfg, device, dist_info, log=None):
     return evaluate_confusion(conf, dataset_info(cfg.labelset).labels)
 
 
+def validation_outcome(result, val_repeats, val_split, logger):
+    """What the training loop makes of one validation: its mIoU, TensorBoard scalars and text, or None (validation
+    switched off) for a val split without any labelled point (an mIoU of 0 would freeze best.pth at epoch 1)."""
+    if result['num_points'] == 0:
+        logger.warning(f"val split '{val_split}' has no labelled point: validation is switched off and "
+                       f"best.pth follows last.pth (evaluate False skips it from the start)")
+        return None
+    votes = f'{val_repeats}vox'  # voxelisations summed; evaluate.py sums test_repeats of them
+    return training.Validation(result['miou'], {f'val/miou_{votes}': result['miou'],
+                                                f'val/macc_{votes}': result['macc'],
+                                                **per_class_scalars(result, f'val/iou_{votes}')},
+                               f"  mAcc {result['macc']:.4f}", f"  ({val_repeats} voxelisation"
+                               f"{'s' if val_repeats > 1 else ''}; evaluate.py sums test_repeats)")
+
+
 # ----------------------------------------------------------------------------- main
 def train(cfg, dist_info, device, logger):
     """The whole stage on one process of ``dist_info`` -> (model, summary dict)."""
     set_seed(cfg.manual_seed)
     info = dataset_info(cfg.labelset)
-    text_embeddings = text_embeddings_from_config(cfg, info, 'cpu')
+    text_embeddings = class_text_embeddings(cfg, info, 'cpu')
 
     # ---- data: each rank takes batch_size / world_size scenes per step (upstream divides it the same way)
     if cfg.batch_size % dist_info.world_size:
@@ -229,11 +204,11 @@ def train(cfg, dist_info, device, logger):
     from dataset.feature_loader import collation_fn
     train_set = build_train_set(cfg, text_embeddings.shape[1])
     scenes = [train_set.scene_name(i) for i in range(len(train_set.data_paths))]
-    all_scenes = all_scene_names(cfg.data_root)  # the fused features ESS inference read: one appearing since is stale
+    all_scenes = fused_features.scene_names(cfg.data_root)  # ESS inference's inputs: one appearing since is stale
     check_upstream(cfg.esg_targets, 'ess', scenes, 'ESG training', refresh_command(
         'eval_openseg_pre_train.py', os.path.join(cfg.exp_root, 'ess'), 'ess_infer_config.yaml', 'run/ess_eval.sh'),
-        current_inputs=lambda scene: fused_feature_files(cfg.data_root_2d_fused_feature, scene, all_scenes,
-                                                         required=False))
+        current_inputs=lambda scene: fused_features.feature_files(cfg.data_root_2d_fused_feature, scene,
+                                                                  all_scenes, required=False))
     sampler = DistributedSampler(train_set, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True,
                                  seed=cfg.manual_seed)
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size // dist_info.world_size, sampler=sampler,
@@ -241,91 +216,62 @@ def train(cfg, dist_info, device, logger):
     if len(train_loader) == 0:
         raise ValueError(f'batch_size {cfg.batch_size} is larger than the {len(train_set)} training samples '
                          f"(scenes x loop) of '{cfg.data_root}/{cfg.train_split}': no full batch; lower batch_size")
-    val_set = eval_dataset(cfg, cfg.val_split) if cfg.evaluate else None
+    val_set = eval_split(cfg, cfg.val_split) if cfg.evaluate else None
     logger.info(f'{len(train_set)} train samples (loop {cfg.loop}), {len(train_loader)} steps / epoch per process'
                 + (f', {len(val_set.data_paths)} val scenes' if val_set is not None else ''))
 
     # ---- model and optimiser (Adam, poly schedule set by hand every step as upstream)
-    model = build_disnet(cfg).to(device)
+    model = build_disnet(**network_values(cfg)).to(device)
     if dist_info.distributed:
         model = du.wrap_ddp(model, device, sync_bn=cfg.sync_bn)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.base_lr)
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == 'fp16' else None
-    max_iter = cfg.epochs * len(train_loader)
-    start_epoch, best_miou, best_epoch, history, losses = 0, -math.inf, None, [], []
-    if cfg.resume:
-        state = load_checkpoint(cfg.resume, model, optimizer, map_location=device)
-        check_same_schedule(cfg.resume, state, cfg, SCHEDULE_KEYS, 'the poly learning rate of every step depends on '
-                            'the total number of steps (epochs x loop x scenes / batch_size)')
-        if du.is_main_process():
-            repair_best(cfg.save_path, cfg.resume, state, logger.info)
-        start_epoch, best_miou, best_epoch = state['epoch'], state['best_metric'], state['best_epoch']
-        history = [tuple(h) for h in state['extra'].get('val_miou', [])]
-        losses = list(state['extra'].get('train_loss', []))
-        if scaler is not None and state['extra'].get('grad_scaler'):
-            scaler.load_state_dict(state['extra']['grad_scaler'])  # fp16: the loss scale goes on where it was
-        logger.info(f"resumed from '{cfg.resume}': {start_epoch} epochs done, best val mIoU {best_miou:.4f}")
-    writer = create_writer(cfg.save_path, dist_info.rank, enabled=cfg.tensorboard)
+    last_result = None  # of this run's last validation, tabled at the end
 
-    # ---- loop (TensorBoard's x-axis: optimiser steps)
-    timer = Timer()
-    last_result, val_seconds = None, []
-    for epoch in range(start_epoch, cfg.epochs):
-        set_seed(epoch_seed(cfg, epoch, dist_info.rank))
+    def run_epoch(epoch, validation_left):  # TensorBoard's x-axis: optimiser steps
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
-        # the ETA counts the validations still to come, at the mean time of those done (the first: unknown)
-        left = len(validation_epochs(cfg, epoch)) if val_set is not None else 0
-        loss, lr = train_one_epoch(model, train_loader, optimizer, scaler, cfg, device, epoch, max_iter, logger, writer,
-                                   batch_scene_names(sampler, train_set.scene_name, cfg.batch_size // dist_info.world_size),
-                                   text_embeddings,
-                                   lambda: left * (sum(val_seconds) / len(val_seconds) if val_seconds else 0.0))
-        loss = du.all_reduce_mean(loss, device=device if device.type == 'cuda' else 'cpu')
-        losses.append(loss)
-        # without validation (evaluate False) best.pth follows last.pth, so evaluation configs still find it
-        scalars, message, is_best = {'train/loss': loss}, '', val_set is None
-        best_epoch = epoch + 1 if is_best else best_epoch
-        if val_set is not None and ((epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.epochs):
-            started = time.perf_counter()
-            result = validate(model, val_set, text_embeddings, cfg, device, dist_info, logger.info)
-            val_seconds.append(time.perf_counter() - started)
-            if result['num_points'] == 0:  # scans without GT: an mIoU of 0 would freeze best.pth at epoch 1
-                logger.warning(f"val split '{cfg.val_split}' has no labelled point: validation is switched off and "
-                               f"best.pth follows last.pth (evaluate False skips it from the start)")
-                val_set, is_best, best_epoch = None, True, epoch + 1
-            else:
-                last_result, miou = result, result['miou']
-                history.append((epoch + 1, miou))
-                is_best = miou > best_miou
-                best_miou = max(best_miou, miou)
-                best_epoch = epoch + 1 if is_best else best_epoch
-                votes = f'{cfg.val_repeats}vox'  # voxelisations summed; evaluate.py sums test_repeats of them
-                scalars.update({f'val/miou_{votes}': miou, f'val/macc_{votes}': result['macc'],
-                                **per_class_scalars(result, f'val/iou_{votes}')})
-                message = (f"  val mIoU {miou:.4f}  mAcc {result['macc']:.4f}  best {best_miou:.4f}"
-                           f"{'  *' if is_best else ''}  ({cfg.val_repeats} voxelisation"
-                           f"{'s' if cfg.val_repeats > 1 else ''}; evaluate.py sums test_repeats)")
-        if du.is_main_process():
-            save_best_and_last(cfg.save_path, is_best, model=model, optimizer=optimizer, epoch=epoch + 1,
-                               best_metric=best_miou, best_epoch=best_epoch,
-                               extra={'val_miou': history, 'train_loss': losses, 'config': dict(cfg),
-                                      'grad_scaler': scaler.state_dict() if scaler else None})
-        du.barrier()  # no rank starts the next epoch (or reads last.pth) before it is written
-        log_scalars(writer, scalars, (epoch + 1) * len(train_loader))
-        logger.info(f'epoch {epoch + 1}/{cfg.epochs} done  loss {loss:.4f}{message}  [{timer.elapsed():.1f} s]')
-    if last_result is not None:
-        logger.info('last validation:\n' + format_table(last_result))
-    close_writer(writer)
-    summary = {'best_val_miou': best_miou if history else None, 'val_miou': history, 'train_loss': losses,
-               'epochs': cfg.epochs, 'steps': max_iter, 'steps_per_epoch': len(train_loader),
-               'arch_3d': cfg.arch_3d, 'batch_size': cfg.batch_size, 'loss_type': cfg.loss_type,
-               'world_size': dist_info.world_size, 'wall_time_s': timer.elapsed(),
+        scenes_of = batch_scene_names(sampler, train_set.scene_name, cfg.batch_size // dist_info.world_size)
+        loss, lr = train_one_epoch(model, train_loader, optimizer, scaler, cfg, device, epoch, logger, trainer.writer,
+                                   scenes_of, text_embeddings, validation_left)
+        return du.all_reduce_mean(loss, device=device if device.type == 'cuda' else 'cpu'), lr
+
+    def validate_epoch(epoch):
+        nonlocal last_result
+        result = validate(model, val_set, text_embeddings, cfg, device, dist_info, logger.info)
+        outcome = validation_outcome(result, cfg.val_repeats, cfg.val_split, logger)
+        if outcome is not None:
+            last_result = result
+        return outcome
+
+    def table_last_validation():
+        if last_result is not None:
+            logger.info('last validation:\n' + format_table(last_result))
+
+    # without validation (evaluate False, or a val split without labels) best.pth follows last.pth
+    trainer = training.Trainer(model=model, optimizer=optimizer, epochs=cfg.epochs, steps_per_epoch=len(train_loader),
+                               run_epoch=run_epoch, validate=validate_epoch if val_set is not None else None,
+                               eval_freq=cfg.eval_freq, save_path=cfg.save_path, logger=logger, report='step',
+                               keep_losses=True, epoch_seed=lambda epoch: epoch_seed(cfg, epoch, dist_info.rank),
+                               extra=lambda: {'config': dict(cfg),
+                                              'grad_scaler': scaler.state_dict() if scaler else None},
+                               after_train=table_last_validation, save=save_best_and_last,
+                               main_process=du.is_main_process(), barrier=du.barrier)
+    if cfg.resume:
+        state = trainer.resume(cfg.resume, map_location=device, check=lambda state: check_same_schedule(
+            cfg.resume, state, {k: cfg[k] for k in SCHEDULE_KEYS},
+            'the poly learning rate of every step depends on the total number '
+            'of steps (epochs x loop x scenes / batch_size)'))
+        if scaler is not None and state['extra'].get('grad_scaler'):
+            scaler.load_state_dict(state['extra']['grad_scaler'])  # fp16: the loss scale goes on where it was
+    trainer.fit(create_writer(cfg.save_path, dist_info.rank, enabled=cfg.tensorboard))
+    summary = {'best_val_miou': trainer.best_metric if trainer.history else None, 'val_miou': trainer.history,
+               'train_loss': trainer.losses, 'epochs': cfg.epochs, 'steps': cfg.epochs * len(train_loader),
+               'steps_per_epoch': len(train_loader), 'arch_3d': cfg.arch_3d, 'batch_size': cfg.batch_size,
+               'loss_type': cfg.loss_type, 'world_size': dist_info.world_size, 'wall_time_s': trainer.timer.elapsed(),
                'train_scenes': len(scenes), 'skipped_scenes': train_set.skipped_scenes}
     if du.is_main_process():
         atomic_write_text(os.path.join(cfg.save_path, 'esg_summary.json'), json.dumps(summary, indent=2))
-        if history:
-            best_epoch, best = max(history, key=lambda h: h[1])
-            logger.info(f"done: best val mIoU {best:.4f} at epoch {best_epoch}; checkpoints in '{cfg.save_path}'")
     return model, summary
 
 
@@ -334,23 +280,9 @@ RUN_OUTPUTS = ('last.pth', 'best.pth', 'esg_summary.json', 'tensorboard')
 
 
 def main(argv=None):
-    cfg = load_config(argv, SCHEMA)
-    check_one_experiment(cfg, 'ESG training', 'save_path', ('esg_targets',))
-    dist_info, device = du.init_distributed(cfg.device)
-    try:
-        # rank 0 writes every file, so it alone holds the folder
-        with RunFolder(cfg.save_path, 'ESG training', enabled=dist_info.rank == 0) as folder:
-            cfg.resume = folder.check_fresh_or_resume(resume=cfg.resume, overwrite=cfg.overwrite, outputs=RUN_OUTPUTS)
-            du.barrier()
-            sparse = configure_from(cfg)
-            dispatch.require()  # an implementation that needs a missing package stops the run here
-            logger = folder.start('esg', cfg, SCHEMA, device, rank=dist_info.rank,
-                                  local_world_size=int(os.environ.get('LOCAL_WORLD_SIZE', 1)),
-                                  processes=dist_info.world_size, sparse_conv=sparse.describe())
-            _, summary = train(cfg, dist_info, device, logger)
-    finally:
-        du.cleanup()
-    return summary
+    return run_stage(argv, SCHEMA, lambda cfg, stage: train(cfg, stage.dist, stage.device, stage.logger)[1],
+                     title='ESG training', record='esg', folder='save_path', distributed=True, sparse=True,
+                     resume_outputs=RUN_OUTPUTS, experiment_inputs=('esg_targets',))
 
 
 if __name__ == '__main__':

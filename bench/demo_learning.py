@@ -9,7 +9,7 @@ demo config and a few overrides, one CPU thread per run, ``--parallel`` runs sid
 (``--out``, default exp/demo_learning/<variant>) holds each run's log and checkpoints. Prints, per variant, val
 mIoU (all points, one voxelisation) at every validation and seconds per step, with two references that see no
 3D shape: an MLP on each point's colour, and on colour and height above the floor
-(``pipeline/colour_baseline.py``). Writes ``demo_learning.json`` and ``demo_learning.png`` into ``--out``.
+(``bench/colour_baseline.py``). Writes ``demo_learning.json`` and ``demo_learning.png`` into ``--out``.
 """
 import argparse
 import json
@@ -71,18 +71,19 @@ def batchnorm_gap(save):
     network is rebuilt and loaded as evaluate.py does, from the checkpoint's own config."""
     import torch
 
-    import evaluate
     from dataset.label_constants import dataset_info
-    from pipeline.inference import eval_dataset, predict_split
+    from pipeline.inference import predict_split
     from pipeline.metric import evaluate_confusion
-    from pipeline.text_embeddings import text_embeddings_from_config
+    from pipeline.networks import build_model
+    from pipeline.schemas import EVALUATION
+    from pipeline.stage import class_text_embeddings, eval_split, network_values
     from util.config import resolve_config
-    cfg = resolve_config(evaluate.SCHEMA, os.path.join(ROOT, EVAL),
+    cfg = resolve_config(EVALUATION, os.path.join(ROOT, EVAL),
                          ['model_path', os.path.join(save, 'best.pth'), 'test_repeats', '1'])
     info = dataset_info(cfg.labelset)
-    model, _ = evaluate.build_model(cfg, torch.device('cpu'), print)
-    text = text_embeddings_from_config(cfg, info, 'cpu')
-    val = eval_dataset(cfg, cfg.split)
+    model, _ = build_model(cfg.model_path, network_values(cfg), torch.device('cpu'), print)
+    text = class_text_embeddings(cfg, info, 'cpu')
+    val = eval_split(cfg, cfg.split)
     plain_eval = model.eval
 
     def eval_with_scene_statistics():
@@ -123,7 +124,7 @@ def main(argv=None):
     if os.path.exists(args.out) and any(os.path.exists(os.path.join(args.out, folder_name(v))) for v in variants):
         raise SystemExit(f"'{args.out}' already holds runs of these variants: remove it or pass another --out")
 
-    from pipeline.colour_baseline import per_point_baseline
+    from bench.colour_baseline import per_point_baseline
     from pipeline.visualize import learning_curve_png
     references = [(f'MLP on {inputs.replace("_", " + ")}', per_point_baseline(args.data_root, inputs=inputs)['miou'])
                   for inputs in ('colour', 'colour_height')]

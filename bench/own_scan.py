@@ -4,8 +4,8 @@
     python bench/own_scan.py ... --config config/scannet/openseg_eval.yaml model_path <ckpt> device cuda
 
 Makes ``<out>/scan_<points>.ply`` from a scene: points drawn with Gaussian jitter of half the scene's sampling step
-until the scan has ``--points`` points, y-up (as ARKit apps export), binary little-endian, float x y z, float normals, uchar
-colours and a float confidence. Then runs ``query.py ... input <that file> input_up_axis y`` in a child process
+until the scan has ``--points`` points, y-up (as ARKit apps export), binary little-endian, float x y z, float normals,
+uchar colours and a float confidence. Then runs ``query.py ... input <that file> input_up_axis y`` in a child process
 and prints its wall time and peak resident memory (the child's ``ru_maxrss``). Extra ``key value`` pairs go to
 query.py (e.g. ``test_repeats 1``, ``max_voxels 500000``, ``voxel_size 0.02``).
 """
@@ -60,7 +60,8 @@ def main():
         write_scanner_ply(args.scene, args.points, ply)
         print(f'wrote {ply} ({os.path.getsize(ply) / 2 ** 20:.0f} MiB) in {time.perf_counter() - start:.1f} s')
     command = [sys.executable, 'query.py', '--config', args.config, 'input', ply, 'input_up_axis', 'y',
-               'queries', args.queries, 'save_folder', os.path.join(args.out, f'result_{args.points}' if args.points > 0 else 'result')] + opts
+               'queries', args.queries, 'save_folder',
+               os.path.join(args.out, f'result_{args.points}' if args.points > 0 else 'result')] + opts
     print(' '.join(command))
     start = time.perf_counter()
     subprocess.run(command, check=True)

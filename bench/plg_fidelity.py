@@ -21,13 +21,12 @@ import time
 import numpy as np
 import torch
 
-from synthetic.dense_room import dense_room
 from dataset.label_constants import dataset_info
 from dataset.point_loader import Point3DLoader
 from dataset.voxelizer import Voxelizer, sparse_quantize
 from pipeline.metric import evaluate
-from pipeline.pseudo_labels import MASKED_SCORE, scene_label_mask
-from vlm_ps_generation.generation_vlm import plg_scene
+from pipeline.pseudo_labels import MASKED_SCORE, plg_scene, scene_label_mask
+from synthetic.dense_room import dense_room
 
 INFO = dataset_info('scannet')
 
@@ -90,7 +89,8 @@ def main():
                                  per_point=True)
         rows_out.append(('per-point scoring (plg_per_point)', per_point))
         for name, pred in rows_out:
-            print(f'{room:>4} {density:9.2f} {mixed:6.3f} {name:<34} {(pred != ours).mean():8.4f} {miou(pred, gt):7.4f}')
+            print(f'{room:>4} {density:9.2f} {mixed:6.3f} {name:<34} '
+                  f'{(pred != ours).mean():8.4f} {miou(pred, gt):7.4f}')
         print(f'#   room {room}: {time.perf_counter() - start:.1f} s')
 
 

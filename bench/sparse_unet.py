@@ -19,14 +19,13 @@ raise ``--warmup``) and prints the configurations it chose.
 """
 import argparse
 import contextlib
+import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from types import SimpleNamespace
-
-import os
-import sys
 
 import numpy as np
 import torch

@@ -26,6 +26,7 @@ from models.mink_unet import mink_unet
 
 def _spconv():
     import spconv.pytorch as spconv
+
     from models.sparse.spconv import _spconv as report_no_stream_without_cuda
     report_no_stream_without_cuda()  # spconv 2.3's CPU backward asks for a CUDA stream first
     return spconv

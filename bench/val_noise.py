@@ -18,9 +18,10 @@ import torch
 from dataset.ess_loader import ESSSceneDataset
 from dataset.label_constants import dataset_info
 from pipeline import metric
-from pipeline.inference import eval_dataset, predict_split
+from pipeline.inference import predict_split
 from pipeline.networks import build_adapter, build_disnet
-from pipeline.text_embeddings import text_embeddings_from_config
+from pipeline.schemas import ESS_INFERENCE, ESS_TRAINING, EVALUATION
+from pipeline.stage import class_text_embeddings, eval_split, network_values
 from util.checkpoint import load_checkpoint
 from util.config import resolve_config
 
@@ -47,26 +48,23 @@ def main():
     torch.set_num_threads(1)
     print(f'# {platform.machine()}, torch {torch.__version__}; experiment {args.exp}, {args.draws} draws')
 
-    import eval_openseg_pre_train
-    import train_openseg_pre_train
-    cfg = resolve_config(eval_openseg_pre_train.SCHEMA, os.path.join(args.exp, 'ess', 'ess_infer_config.yaml'))
-    train_cfg = resolve_config(train_openseg_pre_train.SCHEMA, os.path.join(args.exp, 'ess', 'ess_train_config.yaml'))
+    cfg = resolve_config(ESS_INFERENCE, os.path.join(args.exp, 'ess', 'ess_infer_config.yaml'))
+    train_cfg = resolve_config(ESS_TRAINING, os.path.join(args.exp, 'ess', 'ess_train_config.yaml'))
     info = dataset_info(cfg.labelset)
-    text = text_embeddings_from_config(cfg, info)
+    text = class_text_embeddings(cfg, info)
     dataset = ESSSceneDataset(cfg.data_root, cfg.val_split, cfg.data_root_2d_fused_feature, info.num_classes)
     for name in ('best.pth', 'last.pth'):
-        model = build_adapter(cfg, text).eval()
+        model = build_adapter(text, cfg.feature_2d_extractor, cfg.adapter_reduction, cfg.adapter_alpha).eval()
         state = load_checkpoint(os.path.join(args.exp, 'ess', name), model)
         draws = [ess_upstream_miou(model, dataset, info, train_cfg.num_points, np.random.default_rng(d))
                  for d in range(args.draws)]
         print(f"ESS {name} (epoch {state['epoch']}): upstream protocol ({train_cfg.num_points} points per scene) "
               f"mIoU {np.mean(draws):.4f} +- {np.std(draws):.4f} (min {min(draws):.4f}, max {max(draws):.4f})")
 
-    import evaluate
-    eval_cfg = resolve_config(evaluate.SCHEMA, os.path.join(args.exp, 'esg', 'result_eval', 'eval_config.yaml'))
-    model = build_disnet(eval_cfg)
+    eval_cfg = resolve_config(EVALUATION, os.path.join(args.exp, 'esg', 'result_eval', 'eval_config.yaml'))
+    model = build_disnet(**network_values(eval_cfg))
     state = load_checkpoint(os.path.join(args.exp, 'esg', 'best.pth'), model)
-    val = eval_dataset(eval_cfg, eval_cfg.split)
+    val = eval_split(eval_cfg, eval_cfg.split)
     draws = []
     for d in range(args.draws):
         val.seed = 1000 + d  # another random rotation / scale of every val scene (the loader draws from its seed)

@@ -1,4 +1,5 @@
-"""Point-cloud augmentation as OpenScene's training loaders use it (after BPNet / Chris Choy's SpatioTemporalSegmentation).
+"""Point-cloud augmentation as OpenScene's training loaders use it (after BPNet / Chris Choy's
+SpatioTemporalSegmentation).
 
 Geometry transforms move coordinates only; colour transforms change feature columns 0:3 only; no
 transform reorders or drops points, so labels stay aligned with their points. Colours are in 0-255

@@ -11,7 +11,7 @@ Randomness is a pure function of (seed, epoch, scene index): ``set_epoch`` picks
 drawn do not depend on worker processes or on how many epochs ran before, and a resumed run draws
 exactly what an uninterrupted run draws. ``EpochShuffleSampler`` does the same for the scene order.
 
-Every fused-feature file of a scene is read and merged (``formats.load_scene_fused_features``): 3DSS-VLG's
+Every fused-feature file of a scene is read and merged (``fused_features.scene_features``): 3DSS-VLG's
 own fusion writes one full file per scene, which is read as it is; OpenScene's released train features
 are five random 20k-point subsets per scene, whose union is what ESS trains on and adapts (upstream's
 ESS read a single file, which on that release would see at most 20k points of a ~150k-point scene).
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from dataset import formats
+from dataset import formats, fused_features
 from dataset.label_constants import IGNORE_LABEL
 
 
@@ -42,14 +42,14 @@ class _SceneReader:
                  cache=False):
         self.scene_paths = formats.list_scenes(data_root, split)
         self.scenes = [formats.scene_name(p) for p in self.scene_paths]
-        self.all_scenes = formats.all_scene_names(data_root)
+        self.all_scenes = fused_features.scene_names(data_root)
         self.feat_root, self.num_classes, self.feat_dim = feat_root, num_classes, feat_dim
         self.pseudo_label_path = pseudo_label_path
         self.cache = {} if cache else None
 
     def scene_inputs(self, scene):
         """The files a scene's pseudo labels are made from now: its .pth and its fused-feature files."""
-        features = formats.fused_feature_files(self.feat_root, scene, self.all_scenes, required=False)
+        features = fused_features.feature_files(self.feat_root, scene, self.all_scenes, required=False)
         return [self.scene_paths[self.scenes.index(scene)], *features]
 
     def read(self, index):
@@ -58,8 +58,8 @@ class _SceneReader:
         scene = self.scenes[index]
         scene_3d = formats.load_scene_3d(self.scene_paths[index], self.num_classes)
         n = scene_3d.coords.shape[0]
-        feat_paths = formats.fused_feature_files(self.feat_root, scene, self.all_scenes)
-        feat, mask = formats.load_scene_fused_features(feat_paths, num_points=n, feat_dim=self.feat_dim)
+        feat, mask, feat_paths = fused_features.scene_features(self.feat_root, scene, num_points=n,
+                                                               feat_dim=self.feat_dim, scenes=self.all_scenes)
         item = {'scene': scene, 'feat_paths': feat_paths, 'feat': feat, 'mask_full': mask,
                 'gt': scene_3d.labels, 'has_labels': scene_3d.has_labels}
         if self.pseudo_label_path is not None:
@@ -78,6 +78,8 @@ class ESSPointDataset(Dataset):
     index C is the loss's ignore index); ``'gt'`` uses GT labels, with 255 mapped to C.
     """
 
+    has_fused_features = True  # its items are the fused features of the covered points
+
     def __init__(self, data_root, split, feat_root, num_points, num_classes, *, label_source='pseudo',
                  pseudo_label_path=None, feat_dim=None, seed=0, cache=False):
         if label_source not in ('pseudo', 'gt'):
@@ -95,7 +97,8 @@ class ESSPointDataset(Dataset):
                        if not os.path.isfile(formats.pseudo_label_paths(pseudo_label_path, s)[0])]
             if missing:
                 raise FileNotFoundError(f"pseudo labels missing for {len(missing)} of {len(self.scenes)} scenes of "
-                                        f"'{split}', e.g. '{missing[0]}'" + (f", '{missing[1]}'" if len(missing) > 1 else '')
+                                        f"'{split}', e.g. '{missing[0]}'"
+                                        + (f", '{missing[1]}'" if len(missing) > 1 else '')
                                         + ": run pseudo-label generation (PLG) first, or check pseudo_label_path")
 
     @property
@@ -132,6 +135,8 @@ class ESSSceneDataset(Dataset):
 
     Item: dict(scene, feat_paths, feat float16 [M, D], mask_full bool [N], gt int64 [N], has_labels).
     """
+
+    has_fused_features = True
 
     def __init__(self, data_root, split, feat_root, num_classes, *, feat_dim=None, cache=False):
         self.reader = _SceneReader(data_root, split, feat_root, num_classes, feat_dim, None, cache)

@@ -15,11 +15,15 @@ undistorted points; we keep that behaviour (and skip the unused computation).
 Other splits: features are scattered onto all N points (zeros where uncovered), every point is
 voxelised, ``feat_3d`` is the kept point's row for every voxel [V, D] and ``mask`` the kept point's
 coverage [V].
+
+``collation_fn`` / ``collation_fn_eval_all`` are re-exported from ``dataset.point_loader`` (upstream imports them
+from here).
 """
 import torch
 
-from dataset.formats import all_scene_names, fused_feature_files, load_fused_features, scene_name
-from dataset.point_loader import Point3DLoader, collation_fn, collation_fn_eval_all  # noqa: F401 (re-exported)
+from dataset import fused_features
+from dataset.formats import load_fused_features, scene_name
+from dataset.point_loader import Point3DLoader, collation_fn, collation_fn_eval_all, scene_and_repeat  # noqa: F401
 from util.logger import get_logger
 
 
@@ -51,19 +55,20 @@ class FusedFeatureLoader(Point3DLoader):
         inds_reconstruct int64 [N] (only with eval_all): voxel row of every original point.
     """
 
+    has_fused_features = True  # every scene kept has a file in datapath_prefix_feat (scenes without are skipped)
+
     def __init__(self, datapath_prefix, datapath_prefix_feat, voxel_size=0.05, split='train', aug=False,
                  memcache_init=False, identifier=7791, loop=1, eval_all=False, input_color=False,
                  feat_dim=None, seed=None, num_classes=None, missing_scenes='warn'):
         super().__init__(datapath_prefix=datapath_prefix, voxel_size=voxel_size, split=split, aug=aug,
                          memcache_init=False, identifier=identifier, loop=loop, eval_all=eval_all,
                          input_color=input_color, seed=seed, num_classes=num_classes)
-        self.datapath_feat = datapath_prefix_feat
         self.feat_dim = feat_dim
         kept_paths, self.feature_files, skipped = [], [], []
-        all_scenes = all_scene_names(datapath_prefix)
+        all_scenes = fused_features.scene_names(datapath_prefix)
         for path in self.data_paths:
             try:
-                files = fused_feature_files(datapath_prefix_feat, scene_name(path), all_scenes)
+                files = fused_features.feature_files(datapath_prefix_feat, scene_name(path), all_scenes)
             except FileNotFoundError:
                 skipped.append(scene_name(path))
                 continue
@@ -86,10 +91,9 @@ class FusedFeatureLoader(Point3DLoader):
                 f"fused features in '{datapath_prefix_feat}' and are skipped (missing_scenes warn): {listed}")
         self.data_paths = kept_paths
         self.skipped_scenes = skipped
-        self.use_cache = memcache_init
         if memcache_init:
             for i in range(len(self.data_paths)):
-                self._cache[i] = self._read_scene(i)
+                self._cache[i] = self.read_scene(i)
 
     def feature_file(self, index, rng):
         """One feature file of scene ``index``, drawn uniformly when there are several (as upstream)."""
@@ -97,9 +101,9 @@ class FusedFeatureLoader(Point3DLoader):
         return files[int(rng.integers(len(files)))] if len(files) > 1 else files[0]
 
     def __getitem__(self, index_long):
-        index = index_long % len(self.data_paths)
+        index, _ = scene_and_repeat(index_long, len(self.data_paths))
         rng = self.item_rng(index_long)
-        locs_in, feats_in, labels_in = self._read_scene(index)
+        locs_in, feats_in, labels_in = self.read_scene(index)
         feat_path = self.feature_file(index, rng)
         feat, mask_full = load_fused_features(feat_path, num_points=locs_in.shape[0], feat_dim=self.feat_dim)
 
@@ -110,8 +114,7 @@ class FusedFeatureLoader(Point3DLoader):
             feat_3d, mask = covered_voxel_features(feat, mask_full, kept_index)
         else:
             locs = self.prevoxel_transforms(locs_in, rng=rng) if self.aug else locs_in
-            feat_full = torch.zeros((locs_in.shape[0], feat.shape[1]), dtype=feat.dtype)
-            feat_full[mask_full] = feat
+            feat_full = fused_features.expand_to_points(feat, mask_full, dtype=feat.dtype)
             locs, feats, labels, inds_reconstruct, kept_index = self.voxelizer.voxelize(
                 locs, feats_in, labels_in, return_ind=True, rng=rng)
             kept = torch.from_numpy(kept_index)

@@ -100,7 +100,8 @@ def load_scene_3d(path, num_classes: Optional[int] = None) -> Scene3D:
     data = safe_torch_load(path, '3D scene')
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         raise FormatError(f"3D scene '{path}': expected a tuple (coords, colors[, labels]), "
-                          f"found {type(data).__name__}" + (f" of length {len(data)}" if hasattr(data, '__len__') else ''))
+                          f"found {type(data).__name__}"
+                          + (f" of length {len(data)}" if hasattr(data, '__len__') else ''))
     coords = _as_numpy(data[0], path, 'coords')
     colors = _as_numpy(data[1], path, 'colors')
     if coords.ndim != 2 or coords.shape[1] != 3:
@@ -276,9 +277,10 @@ def load_scene_fused_features(paths, num_points: Optional[int] = None, feat_dim:
             bad = ~torch.isclose(a, b, rtol=MERGE_RTOL, atol=MERGE_ATOL).all(1)
             if bad.any():
                 point = int(rows[seen][bad][0])
-                raise FormatError(f"fused features '{paths[int(owner[point])]}' and '{path}' of the same scene disagree "
-                                  f"at {int(bad.sum())} of the {int(seen.sum())} points both cover (e.g. point {point}): "
-                                  f"they come from different fusions; keep the files of one fusion in the folder")
+                raise FormatError(f"fused features '{paths[int(owner[point])]}' and '{path}' of the same scene "
+                                  f"disagree at {int(bad.sum())} of the {int(seen.sum())} points both cover "
+                                  f"(e.g. point {point}): they come from different fusions; keep the files of one "
+                                  f"fusion in the folder")
         full[rows] = feat
         owner[rows] = k
     mask = owner >= 0
@@ -291,7 +293,8 @@ def save_fused_features(path, feat, mask_full):
     feat = torch.as_tensor(feat).detach().cpu().half().contiguous()
     mask_full = torch.as_tensor(mask_full).detach().cpu().bool()
     if feat.shape[0] != int(mask_full.sum()):
-        raise ValueError(f"cannot write '{path}': {feat.shape[0]} feature rows for {int(mask_full.sum())} masked points")
+        raise ValueError(f"cannot write '{path}': {feat.shape[0]} feature rows for "
+                         f"{int(mask_full.sum())} masked points")
     check_finite(feat, f"cannot write '{path}'", 'features')
     atomic_torch_save({'feat': feat, 'mask_full': mask_full}, path)
 
@@ -309,16 +312,19 @@ def save_pseudo_labels(folder, scene, labels, probs):
 
 def load_pseudo_labels(folder, scene, num_points: Optional[int] = None, with_probs=False):
     label_path, prob_path = pseudo_label_paths(folder, scene)
-    labels = _load_npy(label_path, 'pseudo labels', "run pseudo-label generation (PLG) first, or check pseudo_label_path")
+    labels = _load_npy(label_path, 'pseudo labels',
+                       "run pseudo-label generation (PLG) first, or check pseudo_label_path")
     if labels.ndim != 1 or (num_points is not None and labels.shape[0] != num_points):
-        raise FormatError(f"pseudo labels '{label_path}': expected shape [{num_points if num_points is not None else 'N'}] "
+        raise FormatError(f"pseudo labels '{label_path}': expected shape "
+                          f"[{num_points if num_points is not None else 'N'}] "
                           f"(one label per point of the 3D scene), found {list(labels.shape)}")
     labels = integer_labels(labels, f"pseudo labels '{label_path}'")
     if not with_probs:
         return labels
     probs = _load_npy(prob_path, 'pseudo-label probabilities', 'rerun PLG with overwrite True')
     if probs.shape != labels.shape:
-        raise FormatError(f"pseudo-label probabilities '{prob_path}': expected shape {list(labels.shape)}, found {list(probs.shape)}")
+        raise FormatError(f"pseudo-label probabilities '{prob_path}': expected shape {list(labels.shape)}, "
+                          f"found {list(probs.shape)}")
     return labels, probs.astype(np.float32)
 
 
@@ -329,11 +335,13 @@ def _load_npy(path, what, hint):
 # ----------------------------------------------------------------------------- text embeddings
 def load_text_embeddings(path, num_classes: Optional[int] = None, feat_dim: Optional[int] = None):
     """Read a [C, D] text-embedding file (rows L2-normalised on load) as float32 numpy."""
-    emb = _load_npy(path, 'text embeddings', 'compute them with pipeline/text_embeddings.py or give text_embeddings_path')
+    emb = _load_npy(path, 'text embeddings',
+                    'compute them with pipeline/text_embeddings.py or give text_embeddings_path')
     if emb.ndim != 2:
         raise FormatError(f"text embeddings '{path}': expected shape [C, D], found {list(emb.shape)}")
     if num_classes is not None and emb.shape[0] != num_classes:
-        raise FormatError(f"text embeddings '{path}': expected {num_classes} rows (one per class), found {emb.shape[0]}")
+        raise FormatError(f"text embeddings '{path}': expected {num_classes} rows (one per class), "
+                          f"found {emb.shape[0]}")
     if feat_dim is not None and emb.shape[1] != feat_dim:
         raise FormatError(f"text embeddings '{path}': expected dimension {feat_dim}, found {emb.shape[1]}")
     return normalise_text_embeddings(emb, f"text embeddings '{path}'")

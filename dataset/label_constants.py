@@ -72,17 +72,3 @@ def dataset_info(name: str) -> DatasetInfo:
         if key in (known, known + '_3d'):
             return info
     raise ValueError(f"unknown label set '{name}': expected one of {sorted(_DATASETS)}")
-
-
-# Embedding width of each 2D feature extractor: OpenSeg 768 (CLIP ViT-L/14@336px's text space), LSeg and
-# CLIP ViT-B 512. Upstream matches by substring ('lseg' in args.feature_2d_extractor), so 'lseg_xyz' works.
-FEATURE_DIMS = {'openseg': 768, 'lseg': 512, 'clip': 512}
-
-
-def feature_dim(feature_2d_extractor):
-    """Feature / text-embedding dimension of a ``feature_2d_extractor`` config value."""
-    for name, dim in FEATURE_DIMS.items():
-        if name in str(feature_2d_extractor).lower():
-            return dim
-    raise ValueError(f"unknown feature_2d_extractor '{feature_2d_extractor}': expected a name containing one of "
-                     f"{sorted(FEATURE_DIMS)}")

@@ -11,6 +11,11 @@ so results do not depend on DataLoader workers or on the order items are read; c
 the dataset at the start of every epoch and see the new epoch). ``seed=None`` draws fresh OS entropy
 per item (not reproducible). Upstream's SharedArray cache is replaced by an in-process cache
 (``memcache_init``): scenes are read once at construction and shared copy-on-write by forked workers.
+
+Items and scenes: a loader of S scenes and ``loop`` L has S * L items; item ``repeat_item(i, r, S)`` =
+``i + r * S`` is repeat r of scene i (``scene_and_repeat`` inverts it), each repeat with its own random
+augmentation. ``predict_split``'s test-time repeats and ``pipeline.query.SceneSubset`` ask for scenes by this
+rule, so every user of it calls these two functions.
 """
 import numpy as np
 import torch
@@ -18,6 +23,17 @@ import torch
 import dataset.augmentation as t
 from dataset.formats import list_scenes, load_scene_3d, scene_name
 from dataset.voxelizer import Voxelizer
+
+
+def repeat_item(index, repeat, num_scenes):
+    """The item of repeat ``repeat`` of scene ``index`` in a loader of ``num_scenes`` scenes: ``index + repeat *
+    num_scenes`` (repeat 0 is item ``index`` itself; upstream's ``loop`` copies)."""
+    return index + repeat * num_scenes
+
+
+def scene_and_repeat(item, num_scenes):
+    """(scene index, repeat) of ``item`` in a loader of ``num_scenes`` scenes: the inverse of ``repeat_item``."""
+    return item % num_scenes, item // num_scenes
 
 
 def _with_batch_column(batch):
@@ -64,6 +80,9 @@ class Point3DLoader(torch.utils.data.Dataset):
     TRANSLATION_AUGMENTATION_RATIO_BOUND = ((-0.2, 0.2), (-0.2, 0.2), (0, 0))  # unused without clip_bound
     ELASTIC_DISTORT_PARAMS = ((0.2, 0.4), (0.8, 1.6))
     ROTATION_AXIS = 'z'
+    # its scenes are a data set's: their fused 2D features (where fusion ran) are found by scene name in the
+    # feature folder (dataset/fused_features.py); ScanLoader (own scans) has none
+    has_fused_features = True
 
     def __init__(self, datapath_prefix='data', voxel_size=0.05, split='train', aug=False, memcache_init=False,
                  identifier=1233, loop=1, data_aug_color_trans_ratio=0.1, data_aug_color_jitter_std=0.05,
@@ -72,8 +91,8 @@ class Point3DLoader(torch.utils.data.Dataset):
         super().__init__()
         if loop < 1:
             raise ValueError(f"loop must be >= 1, found {loop}")
+        # identifier: kept for upstream's signature (it named upstream's shared-memory arrays); unused here
         self.split = split
-        self.identifier = identifier  # kept for upstream's signature (named its shared-memory arrays)
         # data_paths: explicit scene files instead of <datapath_prefix>/<split> (one's own scans, query.py)
         self.data_paths = list(data_paths) if data_paths is not None else list_scenes(datapath_prefix, split or '')
         if not self.data_paths:
@@ -100,11 +119,10 @@ class Point3DLoader(torch.utils.data.Dataset):
             t.ChromaticJitter(data_aug_color_jitter_std),
             t.HueSaturationTranslation(data_aug_hue_max, data_aug_saturation_max),
         ])
-        self.use_cache = memcache_init
         self._cache = {}
         if memcache_init:
             for i in range(len(self.data_paths)):
-                self._cache[i] = self._read_scene(i)
+                self._cache[i] = self.read_scene(i)
 
     # ------------------------------------------------------------------ helpers
     def set_epoch(self, epoch):
@@ -118,10 +136,11 @@ class Point3DLoader(torch.utils.data.Dataset):
         return np.random.default_rng([int(self.seed), self.epoch, int(index_long)])
 
     def scene_name(self, index):
-        return scene_name(self.data_paths[index % len(self.data_paths)])
+        return scene_name(self.data_paths[scene_and_repeat(index, len(self.data_paths))[0]])
 
-    def _read_scene(self, index):
-        """(coords float32 [N,3], colours float64 [N,3] in 0-255, labels int64 [N] with 255 = ignore)."""
+    def read_scene(self, index):
+        """Scene ``index`` as read from its file, before any augmentation: (coords float32 [N,3], colours float64
+        [N,3] in 0-255, labels int64 [N] with 255 = ignore)."""
         if index in self._cache:
             locs, colors, labels = self._cache[index]
             return locs.copy(), colors.copy(), labels.copy()
@@ -145,9 +164,9 @@ class Point3DLoader(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------------ Dataset API
     def __getitem__(self, index_long):
-        index = index_long % len(self.data_paths)
+        index, _ = scene_and_repeat(index_long, len(self.data_paths))
         rng = self.item_rng(index_long)
-        locs_in, feats_in, labels_in = self._read_scene(index)
+        locs_in, feats_in, labels_in = self.read_scene(index)
         locs = self.prevoxel_transforms(locs_in, rng=rng) if self.aug else locs_in
         locs, feats, labels, inds_reconstruct = self.voxelizer.voxelize(locs, feats_in, labels_in, rng=rng)
         if self.eval_all:
@@ -161,4 +180,4 @@ class Point3DLoader(torch.utils.data.Dataset):
         return len(self.data_paths) * self.loop
 
 
-__all__ = ['Point3DLoader', 'collation_fn', 'collation_fn_eval_all']
+__all__ = ['Point3DLoader', 'collation_fn', 'collation_fn_eval_all', 'repeat_item', 'scene_and_repeat']

@@ -31,7 +31,7 @@ import numpy as np
 
 from dataset.formats import FormatError, Scene3D, load_scene_3d, scene_name
 from dataset.label_constants import IGNORE_LABEL
-from dataset.point_loader import Point3DLoader
+from dataset.point_loader import Point3DLoader, scene_and_repeat
 
 SCAN_EXTENSIONS = ('.ply', '.pth')
 # colour property spellings seen in exporters: plain (MeshLab, Open3D, most apps), short, and 'diffuse_' (some
@@ -264,7 +264,7 @@ class ScanLoader(Point3DLoader):
     scale, so a scan is predicted exactly as a scene of the data set would be. Module level, so DataLoader
     workers can pickle it."""
 
-    scan_input = True  # no fused 2D features exist for these files
+    has_fused_features = False  # one's own scans: no fused 2D features exist for them
 
     def __init__(self, paths, voxel_size, input_color=True, seed=0, up_axis='z', scale=1.0, checks=True):
         orient(np.zeros((1, 3)), up_axis)  # a wrong up axis fails here, before any file is read
@@ -275,11 +275,11 @@ class ScanLoader(Point3DLoader):
                          input_color=input_color, seed=seed)
 
     def scene_name(self, index):
-        return scan_name(self.data_paths[index % len(self.data_paths)])
+        return scan_name(self.data_paths[scene_and_repeat(index, len(self.data_paths))[0]])
 
-    def _read_scene(self, index):
+    def read_scene(self, index):
         if index in self._cache:
-            return super()._read_scene(index)
+            return super().read_scene(index)
         scene = read_scan(self.data_paths[index], up_axis=self.up_axis, scale=self.scale, checks=self.checks)
         return scene.coords, (scene.colors.astype(np.float64) + 1.0) * 127.5, scene.labels
 

@@ -100,7 +100,7 @@ class Voxelizer:
             full turn about z; the three axis rotations are multiplied in a random order as upstream.
         translation_augmentation_ratio_bound: per axis (lo, hi) ratio of the scene extent that shifts the
             clip centre; only used together with ``clip_bound`` (as upstream).
-        ignore_label: label value of unannotated points (kept for upstream's signature; a voxel's
+        ignore_label: label value of unannotated points (kept for upstream's signature, unused: a voxel's
             label is its first point's label, whatever it is).
     """
 
@@ -111,7 +111,6 @@ class Voxelizer:
             raise ValueError(f"Voxelizer: voxel_size must be positive, found {voxel_size}")
         self.voxel_size = voxel_size
         self.clip_bound = clip_bound
-        self.ignore_label = ignore_label
         self.use_augmentation = use_augmentation
         self.scale_augmentation_bound = scale_augmentation_bound
         self.rotation_augmentation_bound = rotation_augmentation_bound

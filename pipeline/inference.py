@@ -19,15 +19,15 @@ replaces the 3D one when its best cosine similarity to a text embedding is highe
 """
 import contextlib
 import functools
-import os
 import random
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dataset.formats import all_scene_names, fused_feature_files, load_scene_fused_features, scene_name
+from dataset import fused_features
 from dataset.label_constants import IGNORE_LABEL
+from dataset.point_loader import repeat_item
 from pipeline import metric
 from util.progress import progress
 
@@ -101,23 +101,12 @@ def point_logits(voxel_features, inverse, text_embeddings, fused=None, fused_mas
     return chosen @ t.t()
 
 
-def load_point_fused_features(feat_root, data_path, num_points, feat_dim):
-    """Fused 2D features of every point of a scene (all its files merged) -> (feat float32 [N, D] (zeros where
-    uncovered), mask [N])."""
-    data_root = os.path.dirname(os.path.dirname(os.path.abspath(data_path)))  # <data_root>/<split>/<scene>.pth
-    paths = fused_feature_files(feat_root, scene_name(data_path), all_scene_names(data_root))
-    feat, mask = load_scene_fused_features(paths, num_points=num_points, feat_dim=feat_dim)
-    full = torch.zeros(num_points, feat.shape[1], dtype=torch.float32)
-    full[mask] = feat.float()
-    return full, mask
-
-
 class _Repeated(Dataset):
     """Scene ``indices[k // repeats]``, voxelised anew for every repeat (k % repeats).
 
-    The loaders draw an item's augmentation from (seed, epoch, index_long) with index_long taken modulo
-    the number of scenes (upstream's ``loop``), so repeat r of scene i reads item ``i + r * num_scenes``:
-    another random voxelisation, the same for every run with the same seed; repeat 0 is item i itself.
+    The loaders draw an item's augmentation from (seed, epoch, item), and repeat r of scene i is item
+    ``repeat_item(i, r, num_scenes)`` (``dataset.point_loader``, upstream's ``loop``): another random
+    voxelisation, the same for every run with the same seed; repeat 0 is item i itself.
     """
 
     def __init__(self, dataset, indices, repeats):
@@ -128,7 +117,7 @@ class _Repeated(Dataset):
 
     def __getitem__(self, k):
         index, rep = self.indices[k // self.repeats], k % self.repeats
-        return index, self.dataset[index + rep * len(self.dataset.data_paths)]
+        return index, self.dataset[repeat_item(index, rep, len(self.dataset.data_paths))]
 
 
 def _collate_one(batch, collate_eval):
@@ -136,14 +125,13 @@ def _collate_one(batch, collate_eval):
     return index, collate_eval([item])
 
 
-def eval_dataset(cfg, split):
+def eval_dataset(data_root, split, *, voxel_size, input_color, seed, labelset):
     """Every point of every scene of ``split``, with the voxeliser's inverse map: upstream's Point3DLoader with
     ``eval_all=True`` and ``aug=False`` (the voxeliser still rotates / scales at random, as upstream)."""
     from dataset.label_constants import dataset_info
     from dataset.point_loader import Point3DLoader
-    return Point3DLoader(datapath_prefix=cfg.data_root, voxel_size=cfg.voxel_size, split=split, aug=False,
-                         eval_all=True, input_color=cfg.input_color, seed=cfg.manual_seed,
-                         num_classes=dataset_info(cfg.labelset).num_classes)
+    return Point3DLoader(datapath_prefix=data_root, voxel_size=voxel_size, split=split, aug=False, eval_all=True,
+                         input_color=input_color, seed=seed, num_classes=dataset_info(labelset).num_classes)
 
 
 def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None, test_repeats=1, seed=0,
@@ -175,6 +163,9 @@ def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None,
         raise ValueError(f"feature_type must be one of {FEATURE_TYPES}, found '{feature_type}'")
     if feature_type != 'distill' and not fused_feature_root:
         raise ValueError(f"feature_type '{feature_type}' needs the fused 2D features: set data_root_2d_fused_feature")
+    if feature_type != 'distill' and not dataset.has_fused_features:
+        raise ValueError(f"feature_type '{feature_type}' needs fused 2D features, which these scenes (one's own "
+                         f"scans) do not have")
     if test_repeats < 1:
         raise ValueError(f'test_repeats must be >= 1, found {test_repeats}')
     num_classes = text_embeddings.shape[0]
@@ -185,6 +176,8 @@ def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None,
     if model is not None:
         model.eval()
     forward = forward_voxels if forward is None else forward
+    # every scene name of the data set: tells scene 'room''s files from those of a scene 'room_0'
+    scenes = fused_features.scene_names(dataset.datapath_prefix) if feature_type != 'distill' else ()
     with fixed_rng(seed), torch.no_grad():
         loader = DataLoader(_Repeated(dataset, indices, repeats), batch_size=1, shuffle=False,
                             num_workers=workers, collate_fn=functools.partial(_collate_one, collate_eval=collate_eval))
@@ -194,8 +187,9 @@ def predict_split(model, dataset, text_embeddings, *, device, collate_eval=None,
             if index != current:
                 current, summed, gt = index, None, labels.numpy()
                 if feature_type != 'distill':
-                    fused, fused_mask = load_point_fused_features(
-                        fused_feature_root, dataset.data_paths[index], labels.shape[0], text_embeddings.shape[1])
+                    fused, fused_mask = fused_features.point_features(
+                        fused_feature_root, dataset.scene_name(index), labels.shape[0], text_embeddings.shape[1],
+                        scenes)
             if feature_type == 'fusion':
                 logits = fused @ text_embeddings.float().t()
                 if on_features is not None:

@@ -42,7 +42,7 @@ def _labelset(v):
 
 
 def _extractor(v):
-    from dataset.label_constants import FEATURE_DIMS
+    from pipeline.networks import FEATURE_DIMS
     return any(name in v.lower() for name in FEATURE_DIMS)
 
 

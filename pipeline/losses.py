@@ -46,7 +46,8 @@ def _at_least_float32(x):
 def cosine_distance(output, target):
     """mean_i (1 - cos(output_i, target_i)) for row-aligned [N, D] tensors (half inputs computed in float32)."""
     if output.shape != target.shape:
-        raise ValueError(f'cosine distance needs row-aligned tensors, found {list(output.shape)} and {list(target.shape)}')
+        raise ValueError(f'cosine distance needs row-aligned tensors, found {list(output.shape)} and '
+                         f'{list(target.shape)}')
     if output.shape[0] == 0:
         raise ValueError('cosine distance of zero rows: the batch has no voxel with an ESS embedding')
     return _CosineDistance.apply(_at_least_float32(output), _at_least_float32(target))

@@ -17,11 +17,12 @@ with ``evaluate.py`` by construction.
 (one "repeat", no network); points without a 2D feature score 0 and are reported as uncovered.
 
 Text embeddings of queries and labels (``text_embeddings_for``): a name of the config's label set takes the
-row evaluate.py uses for that class (``text_embeddings_from_config``: the same file or the same open_clip
+row evaluate.py uses for that class (``TextSource.class_embeddings``: the same file or the same open_clip
 prompt), so ``labels`` equal to the class names reproduces evaluate.py exactly; any other name is encoded
 with open_clip (``clip_model``, ``clip_pretrained``, ``prompt_template``, cached in ``text_cache_dir``), or all
 names are read from ``query_embeddings`` (an .npy [Q, D], one row per name in the order given).
 """
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Optional
@@ -75,12 +76,12 @@ def class_index(info, name):
     return None
 
 
-def text_embeddings_for(cfg, info, names, what='queries', embeddings_path=''):
+def text_embeddings_for(source, info, names, what='queries', embeddings_path=''):
     """Unit text embeddings [len(names), D] of ``names`` and, per name, where its row came from (module docstring);
-    ``embeddings_path``: an .npy with one row per name, used for all of them."""
+    ``source``: the stage's ``TextSource``; ``embeddings_path``: an .npy with one row per name, used for all of
+    them."""
     from dataset import formats
-    from pipeline.text_embeddings import (WeightsUnavailable, load_or_compute_text_embeddings,
-                                          text_embeddings_from_config)
+    from pipeline.text_embeddings import WeightsUnavailable
     names = list(names)
     if not names:
         return torch.zeros(0, 0), []
@@ -95,24 +96,21 @@ def text_embeddings_for(cfg, info, names, what='queries', embeddings_path=''):
     rows, sources = [None] * len(names), [None] * len(names)
     in_set = [(i, class_index(info, n)) for i, n in enumerate(names)]
     if any(c is not None for _, c in in_set):
-        class_emb = text_embeddings_from_config(cfg, info, 'cpu')
+        class_emb = source.class_embeddings(info, 'cpu')
         for i, c in in_set:
             if c is not None:
                 rows[i] = class_emb[c]
                 sources[i] = f"class '{info.labels[c]}' of {info.name}"
     others = [names[i] for i, c in in_set if c is None]
     if others:
-        template = cfg.get('prompt_template', '') or ''
+        template = source.template
         try:
-            emb = load_or_compute_text_embeddings(
-                others, model_name=cfg.get('clip_model', 'ViT-L-14-336'),
-                pretrained=cfg.get('clip_pretrained', 'openai') or '', template=template,
-                cache_dir=cfg.get('text_cache_dir', '') or '')
+            emb = source.embeddings(others, embeddings_path='')
         except WeightsUnavailable:
-            model = cfg.get('clip_model', '')
+            model = source.model_name
             raise WeightsUnavailable(
                 f"{what} {others} are not class names of {info.name}, so CLIP must encode them, but the weights "
-                f"'{cfg.get('clip_pretrained', '')}' of {model} are not on this machine and the model hub cannot be "
+                f"'{source.pretrained}' of {model} are not on this machine and the model hub cannot be "
                 f"reached. Either give the weights: clip_pretrained <a local checkpoint of {model}>, or give the text "
                 f"embeddings: query_embeddings <file.npy> (one row per name, in the order given)") from None
         except Exception as err:
@@ -122,11 +120,11 @@ def text_embeddings_for(cfg, info, names, what='queries', embeddings_path=''):
         for i, c in in_set:
             if c is None:
                 rows[i] = next(it)
-                sources[i] = f"open_clip {cfg.get('clip_model', '')}" + (f", prompt '{template}'" if template else '')
+                sources[i] = f"open_clip {source.model_name}" + (f", prompt '{template}'" if template else '')
     dims = {int(r.shape[0]) for r in rows}
     if len(dims) != 1:
-        raise ValueError(f'{what}: the class-name embeddings and the open_clip ones differ in dimension {sorted(dims)}; '
-                         f'clip_model must be the model whose space text_embeddings_path is in')
+        raise ValueError(f'{what}: the class-name embeddings and the open_clip ones differ in dimension '
+                         f'{sorted(dims)}; clip_model must be the model whose space text_embeddings_path is in')
     return torch.stack([torch.as_tensor(r, dtype=torch.float32) for r in rows]), sources
 
 
@@ -285,9 +283,9 @@ def tiled_forward(max_voxels, margin_voxels):
     return forward
 
 
-def margin_voxels(cfg):
+def margin_voxels(tile_margin, voxel_size):
     """``tile_margin`` (metres) in voxels of the largest test-time scale (the voxeliser scales by up to 1.1)."""
-    return int(np.ceil(float(cfg.get('tile_margin', 0.0)) / float(cfg.voxel_size) * 1.1))
+    return int(np.ceil(float(tile_margin) / float(voxel_size) * 1.1))
 
 
 def _quantile_edges(values, parts):
@@ -333,25 +331,28 @@ def score_stats(scores, threshold, covered=None, gt=None, class_id=None, top_fra
 class SceneSubset(torch.utils.data.Dataset):
     """Some scenes of an evaluation dataset, voxelised exactly as in the whole one.
 
-    The loaders draw item ``i + r * num_scenes``'s voxelisation from (seed, epoch, that index), and
-    ``predict_split`` asks for repeat r of scene i as that item: a dataset of the chosen files alone would
-    number them anew and draw other voxelisations. This view keeps the full dataset's numbering, so a scene
-    answered alone (``scenes a,b``, the viewer) gets the very predictions evaluate.py writes for it."""
+    The loaders draw the voxelisation of item ``repeat_item(i, r, num_scenes)`` (``dataset.point_loader``) from
+    (seed, epoch, that item), and ``predict_split`` asks for repeat r of scene i as that item: a dataset of the
+    chosen files alone would number them anew and draw other voxelisations. This view keeps the full dataset's
+    numbering, so a scene answered alone (``scenes a,b``, the viewer) gets the very predictions evaluate.py
+    writes for it."""
 
     def __init__(self, base, indices):
         self.base, self.indices = base, list(indices)
         self.data_paths = [base.data_paths[i] for i in self.indices]
-        self.scan_input = getattr(base, 'scan_input', False)
+        self.datapath_prefix = base.datapath_prefix
+        self.has_fused_features = base.has_fused_features
 
     def __len__(self):
         return len(self.indices)
 
     def __getitem__(self, index_long):
-        local, rep = index_long % len(self.indices), index_long // len(self.indices)
-        return self.base[self.indices[local] + rep * len(self.base.data_paths)]
+        from dataset.point_loader import repeat_item, scene_and_repeat
+        local, rep = scene_and_repeat(index_long, len(self.indices))
+        return self.base[repeat_item(self.indices[local], rep, len(self.base.data_paths))]
 
-    def _read_scene(self, index):
-        return self.base._read_scene(self.indices[index])
+    def read_scene(self, index):
+        return self.base.read_scene(self.indices[index])
 
     def scene_name(self, index):
         return self.base.scene_name(self.indices[index])
@@ -362,56 +363,60 @@ class SceneSubset(torch.utils.data.Dataset):
         raise AttributeError(name)
 
 
-def coverage_mask(feat_root, data_path, num_points):
-    """bool [N]: the points of a scene that have a fused 2D feature, from its first fused-feature file; None
-    when ``feat_root`` is empty or holds no file for the scene (one's own scans: no 2D features at all)."""
-    from dataset.formats import fused_feature_files, load_fused_features, scene_name
-    if not feat_root:
-        return None
-    try:
-        path = fused_feature_files(feat_root, scene_name(data_path))[0]
-    except FileNotFoundError:
-        return None
-    _, mask = load_fused_features(path, num_points=num_points)
-    return mask.numpy().astype(bool)
+@dataclass(frozen=True)
+class Prediction:
+    """How ``run_scenes`` predicts: the evaluation's keys (``feature_type`` 'distill' | 'fusion' | 'ess', the
+    summed test-time voxelisations and their seed, the fused features and the ESS embeddings, autocast, loader
+    processes) and the tiling of large scans (``max_voxels``, 0 = never; ``tile_margin`` metres)."""
+    feature_type: str
+    test_repeats: int
+    seed: int
+    voxel_size: float
+    fused_feature_root: str
+    ess_embedding_path: str
+    mark_no_feature_to_unknown: bool
+    amp: str
+    workers: int
+    max_voxels: int
+    tile_margin: float
 
 
-def run_scenes(cfg, model, dataset, label_embeddings, query_embeddings, device, on_result, keep_rows=None,
+def run_scenes(how, model, dataset, label_embeddings, query_embeddings, device, on_result, keep_rows=None,
                desc='scenes', log=None, coverage_root=None, gt_to_labels=None):
     """Predict every scene of ``dataset`` with the label set and score every query, in one pass.
 
-    ``cfg``: the evaluation keys (test_repeats, manual_seed, feature_type 'distill' | 'fusion' | 'ess',
-    data_root_2d_fused_feature, ess_embedding_path, mark_no_feature_to_unknown, amp, workers, and
-    max_voxels / tile_margin for ``tiled_forward``). ``on_result(SceneResult)`` per scene; ``keep_rows``
+    ``how``: a ``Prediction``. ``on_result(SceneResult)`` per scene; ``keep_rows``
     (callable(index, N) -> rows) keeps the mean unit embeddings of those points. Returns the confusion matrix
     of the label set against GT (summed over scenes with GT; ``gt_to_labels``: ``gt_table`` of another label set).
     """
     from pipeline.inference import predict_split
-    feature_type = cfg.feature_type
+    feature_type = how.feature_type
     if feature_type not in ('distill', 'fusion', 'ess'):
         raise ValueError(f"feature_type must be 'distill' (the 3D network), 'fusion' (the fused 2D features) or "
                          f"'ess' (the ESS embeddings), found '{feature_type}'")
     feat_root = ''
     if feature_type == 'fusion':
-        feat_root = cfg.data_root_2d_fused_feature
+        feat_root = how.fused_feature_root
     elif feature_type == 'ess':
-        feat_root = cfg.get('ess_embedding_path', '')
+        feat_root = how.ess_embedding_path
         if not feat_root:
             raise ValueError("feature_type 'ess' needs ess_embedding_path (the ESS inference output, e.g. "
                              "exp/demo/ess_embeddings)")
-    if feature_type != 'distill' and getattr(dataset, 'scan_input', False):
+    if feature_type != 'distill' and not dataset.has_fused_features:
         raise ValueError(f"feature_type '{feature_type}' needs fused 2D features, which one's own scans (input) "
                          f"do not have; use feature_type distill")
-    coverage_root = cfg.data_root_2d_fused_feature if coverage_root is None else coverage_root
+    coverage_root = how.fused_feature_root if coverage_root is None else coverage_root
+    from dataset import fused_features
+    scenes = fused_features.scene_names(dataset.datapath_prefix) if dataset.has_fused_features else ()
     scorer = ScoreAccumulator(query_embeddings if query_embeddings.numel() else
                               torch.zeros(0, label_embeddings.shape[1]), keep_rows=keep_rows)
 
     def on_scene(index, pred, _logits, gt):
         scores, emb, rows, covered = scorer.finish(index)
-        coords, colors, labels = dataset._read_scene(index)
+        coords, colors, labels = dataset.read_scene(index)
         path = dataset.data_paths[index]
-        if covered is None and feature_type == 'distill':
-            covered = coverage_mask(coverage_root, path, len(coords))
+        if covered is None and feature_type == 'distill' and dataset.has_fused_features:
+            covered = fused_features.coverage(coverage_root, dataset.scene_name(index), len(coords), scenes)
         frame = dataset.frame(index) if hasattr(dataset, 'frame') else None  # own scans
         on_result(SceneResult(
             name=dataset.scene_name(index), path=path, coords=np.asarray(coords, np.float32),
@@ -420,9 +425,46 @@ def run_scenes(cfg, model, dataset, label_embeddings, query_embeddings, device, 
             embedding=emb, embedding_rows=rows, input_coords=None if frame is None else frame.to_input(coords)))
 
     conf, _ = predict_split(
-        model, dataset, label_embeddings, device=device, test_repeats=cfg.test_repeats, seed=cfg.manual_seed,
+        model, dataset, label_embeddings, device=device, test_repeats=how.test_repeats, seed=how.seed,
         feature_type='distill' if feature_type == 'distill' else 'fusion', fused_feature_root=feat_root,
-        mark_no_feature_to_unknown=cfg.mark_no_feature_to_unknown, amp=cfg.amp, workers=cfg.workers,
+        mark_no_feature_to_unknown=how.mark_no_feature_to_unknown, amp=how.amp, workers=how.workers,
         on_scene=on_scene, on_features=scorer,
-        forward=tiled_forward(cfg.get('max_voxels', 0), margin_voxels(cfg)), desc=desc, log=log, gt_table=gt_to_labels)
+        forward=tiled_forward(how.max_voxels, margin_voxels(how.tile_margin, how.voxel_size)), desc=desc, log=log,
+        gt_table=gt_to_labels)
     return conf
+
+
+def answer_dataset(scene_set, scans='', scenes='', *, voxel_size, input_color, seed, up_axis='z', scale=1.0,
+                   checks=True):
+    """The scenes to answer: own scans (``scans``: a .ply / .pth file or a folder; ``dataset/scan_io.py``), the
+    named ``scenes`` ('a,b') of ``scene_set`` (voxelised as in the whole split: ``SceneSubset``), or all of
+    ``scene_set`` (the evaluation loader of a split; ``scene_set()`` builds it, only when it is needed)."""
+    from dataset.formats import scene_name
+    from dataset.scan_io import ScanLoader, list_scans
+    if scans:
+        if scenes:
+            raise ValueError("give either input (own scans) or scenes (of the data set), not both")
+        return ScanLoader(list_scans(scans), voxel_size, input_color=input_color, seed=seed, up_axis=up_axis,
+                          scale=scale, checks=checks)
+    dataset = scene_set()
+    if not scenes:
+        return dataset
+    index = {scene_name(p): i for i, p in enumerate(dataset.data_paths)}
+    wanted = [s.strip() for s in str(scenes).split(',') if s.strip()]
+    missing = [s for s in wanted if s not in index]
+    if missing:
+        folder = os.path.dirname(dataset.data_paths[0]) if dataset.data_paths else '?'
+        raise ValueError(f"scenes {missing} are not in '{folder}' "
+                         f"(it holds {sorted(index)[:10]}{' ...' if len(index) > 10 else ''})")
+    return SceneSubset(dataset, [index[s] for s in wanted])
+
+
+def check_dimensions(feature_2d_extractor, feature_type, label_emb, query_emb):
+    """The text embeddings must live in the space the scores are computed in (``feature_2d_extractor``'s)."""
+    from pipeline.networks import feature_dim
+    dim = feature_dim(feature_2d_extractor)
+    for what, emb in (('labels', label_emb), ('queries', query_emb)):
+        if emb.numel() and emb.shape[1] != dim:
+            raise ValueError(f"{what}: text embeddings of dimension {emb.shape[1]}, but the {feature_type} features "
+                             f"are {dim}-d (feature_2d_extractor {feature_2d_extractor}); use the CLIP model of "
+                             f"that space (clip_model) or matching query_embeddings")

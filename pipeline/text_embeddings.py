@@ -11,6 +11,7 @@ result (model, weights, class names, template), so a stale cache can never be re
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -139,16 +140,16 @@ def weights_on_disk(model_name, pretrained):
     """True when open_clip would find the weights of tag ``pretrained`` without a download (its Hugging Face
     cache, or the file of its download URL in open_clip's cache folder); None when open_clip knows no such tag."""
     import open_clip
-    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
-    if not cfg:
+    tag = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not tag:
         return None
-    hub = (cfg.get('hf_hub') or '').rstrip('/')
+    hub = (tag.get('hf_hub') or '').rstrip('/')
     if hub:
         from huggingface_hub import try_to_load_from_cache
         for filename in ('open_clip_model.safetensors', 'open_clip_pytorch_model.bin'):
             if isinstance(try_to_load_from_cache(hub, filename), str):
                 return True
-    url = cfg.get('url') or ''
+    url = tag.get('url') or ''
     if url:
         folder = os.path.expanduser(os.environ.get('OPENCLIP_CACHE_DIR', '~/.cache/clip'))
         if os.path.isfile(os.path.join(folder, os.path.basename(url))):
@@ -161,7 +162,8 @@ def build_clip_text_model(model_name='ViT-L-14-336', pretrained='openai', device
     whose weights are not on this machine while the hub is unreachable fails at once (``WeightsUnavailable``)."""
     import open_clip
     name = _resolve_model_name(model_name)
-    if pretrained and not os.path.isfile(pretrained) and (os.sep in pretrained or pretrained.endswith(('.pt', '.pth', '.bin', '.safetensors'))):
+    if pretrained and not os.path.isfile(pretrained) and (
+            os.sep in pretrained or pretrained.endswith(('.pt', '.pth', '.bin', '.safetensors'))):
         raise FileNotFoundError(f"CLIP checkpoint '{pretrained}' (clip_pretrained) does not exist")
     if pretrained and not os.path.isfile(pretrained) and weights_on_disk(name, pretrained) is False \
             and not hub_reachable():
@@ -190,9 +192,9 @@ def load_or_compute_text_embeddings(class_names, *, embeddings_path='', model_na
     """Text embeddings of ``class_names`` -> torch.FloatTensor [C, D] (rows L2-normalised).
 
     ``embeddings_path`` (an .npy [C, D]) wins when given. Otherwise the names (with ``template``, see
-    ``apply_template`` for ``last_as_other``) are encoded with open_clip: ``model``/``tokenizer`` if given (already-built), else built from
-    ``model_name`` (a name or a config .json) and ``pretrained`` (a tag or a local checkpoint).
-    With ``cache_dir`` the result is read from / written to a hashed cache file.
+    ``apply_template`` for ``last_as_other``) are encoded with open_clip: ``model``/``tokenizer`` if given
+    (already-built), else built from ``model_name`` (a name or a config .json) and ``pretrained`` (a tag or a local
+    checkpoint). With ``cache_dir`` the result is read from / written to a hashed cache file.
     """
     class_names = list(class_names)
     if embeddings_path:
@@ -215,16 +217,24 @@ def load_or_compute_text_embeddings(class_names, *, embeddings_path='', model_na
     return _normalise(raw, f"text embeddings of {model_name} ({pretrained or 'random weights'})")
 
 
-def text_embeddings_from_config(cfg, info, device='cpu'):
-    """Text embeddings of a label set from the config keys every stage shares (text_embeddings_path,
-    clip_model, clip_pretrained, prompt_template, text_cache_dir)."""
-    get = lambda k, d: cfg.get(k, d) if hasattr(cfg, 'get') else getattr(cfg, k, d)
-    return load_or_compute_text_embeddings(
-        info.text_labels,
-        embeddings_path=get('text_embeddings_path', '') or '',
-        model_name=get('clip_model', 'ViT-L-14-336'),
-        pretrained=get('clip_pretrained', 'openai') or '',
-        template=get('prompt_template', '') or '',
-        cache_dir=get('text_cache_dir', '') or '',
-        device=device,
-        last_as_other=info.name in ('scannet', 's3dis'))
+@dataclass(frozen=True)
+class TextSource:
+    """Where a stage's text embeddings come from (the TEXT keys every stage shares): a file of them
+    (``embeddings_path``), else open_clip's ``model_name`` with weights ``pretrained`` and the prompt ``template``,
+    cached in ``cache_dir`` ('' = no cache)."""
+    embeddings_path: str
+    model_name: str
+    pretrained: str
+    template: str
+    cache_dir: str
+
+    def embeddings(self, names, device='cpu', embeddings_path=None, last_as_other=False):
+        """Unit text embeddings [len(names), D]; ``embeddings_path`` overrides the source's file ('' = none)."""
+        return load_or_compute_text_embeddings(
+            list(names), embeddings_path=self.embeddings_path if embeddings_path is None else embeddings_path,
+            model_name=self.model_name, pretrained=self.pretrained, template=self.template,
+            cache_dir=self.cache_dir, device=device, last_as_other=last_as_other)
+
+    def class_embeddings(self, info, device='cpu'):
+        """The label set's rows [C, D] (ScanNet's and S3DIS's last class, 'other', is encoded as such)."""
+        return self.embeddings(info.text_labels, device, last_as_other=info.name in ('scannet', 's3dis'))

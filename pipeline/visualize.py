@@ -184,11 +184,11 @@ def ceiling_height(coords, margin):
     return float(np.percentile(np.asarray(coords)[:, 2], 99.5)) - float(margin)
 
 
-def ceiling_crop(cfg, info):
-    """Metres cut below the top of a scan for its top-down pictures: config key ``topdown_ceiling_crop``; a
-    negative value or a config without the key means by label set: 0.5 m for S3DIS (its rooms have ceilings,
-    which hide everything from above), none for ScanNet (its meshes have none)."""
-    crop = float(cfg.get('topdown_ceiling_crop', -1.0))
+def ceiling_crop(topdown_ceiling_crop, info):
+    """Metres cut below the top of a scan for its top-down pictures (config key ``topdown_ceiling_crop``); a
+    negative value means by label set: 0.5 m for S3DIS (its rooms have ceilings, which hide everything from
+    above), none for ScanNet (its meshes have none)."""
+    crop = float(topdown_ceiling_crop)
     if crop < 0:
         crop = 0.5 if info.name == 's3dis' else 0.0
     return crop

@@ -133,9 +133,11 @@ class OpenClipDenseFeatureSource:
             raise ValueError(f"open_clip model '{model_name}' pools with an attentional pooler; the value-path "
                              f"trick needs ln_post + proj on tokens (plain CLIP ViTs)")
         self.visual = visual.to(self.device).eval()
-        cfg = getattr(visual, 'preprocess_cfg', None) or {}
-        self.mean = torch.tensor(cfg.get('mean', open_clip.OPENAI_DATASET_MEAN), device=self.device).view(3, 1, 1)
-        self.std = torch.tensor(cfg.get('std', open_clip.OPENAI_DATASET_STD), device=self.device).view(3, 1, 1)
+        preprocess = getattr(visual, 'preprocess_cfg', None) or {}
+        mean = preprocess.get('mean', open_clip.OPENAI_DATASET_MEAN)
+        std = preprocess.get('std', open_clip.OPENAI_DATASET_STD)
+        self.mean = torch.tensor(mean, device=self.device).view(3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(3, 1, 1)
         self.patch = visual.patch_size
         self.native = visual.image_size
         self.input_size = tuple(input_size) if input_size else None

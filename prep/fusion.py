@@ -345,7 +345,8 @@ def main(argv=None):
     source = None
     done = skipped = 0
     failed = {}
-    with RunFolder(args.output_dir, 'fusion'), OutputManifest(args.output_dir, 'fusion', fusion_settings(args)) as manifest:
+    with RunFolder(args.output_dir, 'fusion'), OutputManifest(args.output_dir, 'fusion',
+                                                              fusion_settings(args)) as manifest:
         for path in progress_of(paths, 'fusion', log=print, unit='scene'):
             scene = scene_name(path)
             outs = output_paths(args.output_dir, scene, args.num_files)

@@ -34,8 +34,16 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 
 from dataset.label_constants import IGNORE_LABEL, SCANNET_LABELS_20
-from prep.frames import (SCANNET_IMAGE_SIZE, FrameData, read_image, read_intrinsic, read_pose, resize_intrinsic,
-                         resize_nearest, scannet_intrinsic)
+from prep.frames import (
+    SCANNET_IMAGE_SIZE,
+    FrameData,
+    read_image,
+    read_intrinsic,
+    read_pose,
+    resize_intrinsic,
+    resize_nearest,
+    scannet_intrinsic,
+)
 from util.cli import run_cli
 
 SCANNET_SUFFIX = '_vh_clean_2'
@@ -358,7 +366,8 @@ class ScanNetFrames:
         if not os.path.isdir(color_dir):
             raise FileNotFoundError(f"no exported frames for scene '{self.scene}': '{color_dir}' does not exist "
                                     f"(run python -m prep.scannet frames first)")
-        names = [os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(glob.escape(color_dir), '*.jpg'))]
+        names = [os.path.splitext(os.path.basename(p))[0]
+                 for p in glob.glob(os.path.join(glob.escape(color_dir), '*.jpg'))]
         self.frame_ids = sorted(names, key=lambda s: (int(s) if s.isdigit() else float('inf'), s))[::frame_skip]
         if isinstance(intrinsic, str) and intrinsic == 'scene':
             intrinsic = read_intrinsic(os.path.join(scene_dir, 'intrinsic', 'intrinsic_depth.txt'))

@@ -38,7 +38,8 @@ NETWORK_ROWS = (
 
 def read_json(path, stage):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"'{path}' is missing: the {stage} stage did not finish; see its log in the same folder")
+        raise FileNotFoundError(f"'{path}' is missing: the {stage} stage did not finish; "
+                                f"see its log in the same folder")
     with open(path) as f:
         return json.load(f)
 
@@ -69,7 +70,8 @@ def summarise(exp, timings=''):
     runs = network_runs(exp)
     split = next(iter(runs.values()))[0]['split']
     if split not in ess:
-        raise KeyError(f"ESS inference scored splits {sorted(ess)}, not '{split}'; add it to 'splits' of the ESS eval config")
+        raise KeyError(f"ESS inference scored splits {sorted(ess)}, not '{split}'; "
+                       f"add it to 'splits' of the ESS eval config")
     two_d = {label: ess[split][variant] for label, variant, _ in TWO_D_ROWS}
     first_eval, first_train = next(iter(runs.values()))
     lines = [f"3DSS-VLG demo: {split} split, {first_eval['num_scenes']} scenes, {first_eval['num_points']} labelled "
@@ -80,7 +82,8 @@ def summarise(exp, timings=''):
     numbers = {'split': split, 'rows': {}}
     for label, _, tagged in TWO_D_ROWS:
         r = two_d[label]
-        lines.append(f"{label:<50s} {'GT' if tagged else 'no':>4s} {r['miou_all_points']:12.4f} {r['miou_covered']:8.4f}")
+        lines.append(f"{label:<50s} {'GT' if tagged else 'no':>4s} "
+                     f"{r['miou_all_points']:12.4f} {r['miou_covered']:8.4f}")
         numbers['rows'][label] = {'miou_all_points': r['miou_all_points'], 'miou_covered': r['miou_covered']}
     lines.append('-' * 78)
     for label, _, run in NETWORK_ROWS:
@@ -97,7 +100,8 @@ def summarise(exp, timings=''):
               if run in runs and runs[run][1]['val_miou']]
     if curves:
         path = os.path.join(exp, 'demo_curves.png')
-        learning_curve_png(path, curves, references=[(label.split(' (')[0] + ', all points', two_d[label]['miou_all_points'])
+        learning_curve_png(path, curves, references=[(label.split(' (')[0] + ', all points',
+                                                      two_d[label]['miou_all_points'])
                                                      for label, _, _ in TWO_D_ROWS],
                            title=f"3D networks on the demo's {split} split ({first_train['arch_3d']}, 1 voxelisation)")
         lines.append(f"validation curves: {path}")
@@ -137,7 +141,8 @@ def verdict(two_d, runs):
             else:
                 lines.append(f"the network trained on GT labels (not the method) reaches {sup:.4f} in the same steps, "
                              f"below the 2D features too: at this budget the 3D networks are limited by their "
-                             f"training time, not by their targets (README, 'What the demo shows': the ceiling's curve)")
+                             f"training time, not by their targets (README, 'What the demo shows': the ceiling's "
+                             f"curve)")
     return lines
 
 

@@ -23,22 +23,21 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# (name, driver, its folder under the experiment, config path under ROOT with {d} the dataset, resumable, script)
+# (name, driver, its folder under the experiment, config path under ROOT with {d} the dataset, resumable, schema)
 STAGES = (
-    ('plg', 'vlm_ps_generation/generation_vlm.sh', 'plg', 'vlm_ps_generation/config/{d}.yaml', False,
-     'vlm_ps_generation.generation_vlm'),
-    ('ess', 'run/ess_train.sh', 'ess', 'config/{d}/openseg_pre_train.yaml', True, 'train_openseg_pre_train'),
-    ('ess_eval', 'run/ess_eval.sh', 'ess', 'config/{d}/openseg_pre_eval.yaml', False, 'eval_openseg_pre_train'),
-    ('esg', 'run/esg.sh', 'esg', 'config/{d}/openseg_train.yaml', True, 'train_esg'),
-    ('eval', 'run/eval.sh', 'esg', 'config/{d}/openseg_eval.yaml', False, 'evaluate'),
+    ('plg', 'vlm_ps_generation/generation_vlm.sh', 'plg', 'vlm_ps_generation/config/{d}.yaml', False, 'PLG'),
+    ('ess', 'run/ess_train.sh', 'ess', 'config/{d}/openseg_pre_train.yaml', True, 'ESS_TRAINING'),
+    ('ess_eval', 'run/ess_eval.sh', 'ess', 'config/{d}/openseg_pre_eval.yaml', False, 'ESS_INFERENCE'),
+    ('esg', 'run/esg.sh', 'esg', 'config/{d}/openseg_train.yaml', True, 'ESG_TRAINING'),
+    ('eval', 'run/eval.sh', 'esg', 'config/{d}/openseg_eval.yaml', False, 'EVALUATION'),
 )
 NAMES = [s[0] for s in STAGES]
 
 
 def stage_keys():
-    """{stage: the names of its config keys} (read from the stages' schemas)."""
-    import importlib
-    return {name: set(importlib.import_module(module).SCHEMA.by_name) for name, *_, module in STAGES}
+    """{stage: the names of its config keys} (read from the stages' schemas, pipeline/schemas.py)."""
+    from pipeline import schemas
+    return {name: set(getattr(schemas, schema).by_name) for name, *_, schema in STAGES}
 
 
 def split_overrides(pairs, keys):

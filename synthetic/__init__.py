@@ -1,7 +1,7 @@
 """Synthetic rooms that stand in for ScanNet / S3DIS (docs/synthetic_data.md): the demo and the tests run on them.
 
-No real scans, 2D models or CLIP weights can be downloaded here, so this module builds data that has
-the *shape* and the *failure modes* of the real inputs, written in the exact on-disk formats of the real data (docs/formats.md):
+No real scans, 2D models or CLIP weights can be downloaded here, so this module builds data that has the *shape* and
+the *failure modes* of the real inputs, written in the exact on-disk formats of the real data (docs/formats.md):
 
 - ``<out>/<name>_3d/{train,val}/<scene>.pth``: procedural rooms made of labelled boxes and vertical
   cylinders (floor, walls, ceiling for S3DIS, furniture), points sampled uniformly on the visible

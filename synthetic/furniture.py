@@ -94,7 +94,8 @@ def _chair_rect(b, near_rect, s):
 def _back_box(rect, back, t, z0, z1, inset=0.0):
     x0, y0, x1, y1 = rect
     return {0: ((x0, y0 + inset, z0), (x0 + t, y1 - inset, z1)), 1: ((x1 - t, y0 + inset, z0), (x1, y1 - inset, z1)),
-            2: ((x0 + inset, y0, z0), (x1 - inset, y0 + t, z1)), 3: ((x0 + inset, y1 - t, z0), (x1 - inset, y1, z1))}[back]
+            2: ((x0 + inset, y0, z0), (x1 - inset, y0 + t, z1)),
+            3: ((x0 + inset, y1 - t, z0), (x1 - inset, y1, z1))}[back]
 
 
 def build_chair(b, near_rect=None, name='chair', kind=None):

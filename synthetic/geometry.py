@@ -15,7 +15,7 @@ UNDERSIDE_DENSITY = 0.3  # relative point density on downward faces of raised ob
 # palettes overlap as in real scans: wood tones are shared by floors, tables, desks, cabinets, shelves,
 # doors and chairs; white by walls, doors, cabinets, counters and sanitary ware; fabrics by sofas, chairs,
 # beds and curtains. Colour narrows the class down without deciding it: a 3D network has to use the
-# shapes, sizes, heights and placements below (pipeline/colour_baseline.py measures what colour alone gives).
+# shapes, sizes, heights and placements below (bench/colour_baseline.py measures what colour alone gives).
 WOOD = ((0.74, 0.60, 0.44), (0.60, 0.45, 0.31), (0.45, 0.31, 0.20), (0.34, 0.23, 0.16), (0.56, 0.33, 0.24))
 
 

@@ -5,9 +5,21 @@ from typing import Optional
 import numpy as np
 
 from dataset.label_constants import DatasetInfo
-from synthetic.furniture import (_coffee_table_rect, build_beams_columns, build_cabinet, build_chair, build_clutter,
-                                 build_counter, build_curtain, build_nightstands, build_shower_curtain, build_sink,
-                                 build_table, build_wall_furniture, build_wall_mounted)
+from synthetic.furniture import (
+    _coffee_table_rect,
+    build_beams_columns,
+    build_cabinet,
+    build_chair,
+    build_clutter,
+    build_counter,
+    build_curtain,
+    build_nightstands,
+    build_shower_curtain,
+    build_sink,
+    build_table,
+    build_wall_furniture,
+    build_wall_mounted,
+)
 from synthetic.geometry import Primitive, Room, _Builder
 from synthetic.scan import FUSION_FRAME_FRACTION, make_camera_poses
 

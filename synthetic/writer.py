@@ -7,18 +7,30 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from dataset.formats import (load_fused_features, load_scene_3d, load_text_embeddings, save_fused_features,
-                             save_scene_3d, save_text_embeddings)
+from dataset.formats import (
+    load_fused_features,
+    load_scene_3d,
+    load_text_embeddings,
+    save_fused_features,
+    save_scene_3d,
+    save_text_embeddings,
+)
 from dataset.label_constants import IGNORE_LABEL, DatasetInfo, dataset_info
-from util.io import atomic_write_text
-from util.progress import progress
-from util.provenance import OutputManifest, array_digest
 from pipeline.metric import evaluate
-from synthetic.features import (RENDERED_FEATURE_PARAMS, FeatureParams, make_query_embeddings, make_text_embeddings,
-                                plg_pseudo_labels, simulate_fused_features)
+from synthetic.features import (
+    RENDERED_FEATURE_PARAMS,
+    FeatureParams,
+    make_query_embeddings,
+    make_text_embeddings,
+    plg_pseudo_labels,
+    simulate_fused_features,
+)
 from synthetic.geometry import _seed
 from synthetic.rooms import make_room, room_types
 from synthetic.scan import OVERSAMPLE, POINT_NOISE_STD, UNSEEN_KEEP, camera_visibility, sample_points
+from util.io import atomic_write_text
+from util.progress import progress
+from util.provenance import OutputManifest, array_digest
 
 
 def scene_names(info: DatasetInfo, num_train, num_val):

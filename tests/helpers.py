@@ -58,13 +58,34 @@ def make_tiny_dataset(root, n_train=4, n_val=2, seed=0):
             mask = rng.random(len(labels)) > 0.15
             feat = text[labels[mask]] + 0.05 * rng.normal(size=(int(mask.sum()), FEAT_DIM))
             feat /= np.linalg.norm(feat, axis=1, keepdims=True)
-            save_fused_features(os.path.join(root, 'feat', f'{name}_0.pt'), torch.from_numpy(feat), torch.from_numpy(mask))
+            save_fused_features(os.path.join(root, 'feat', f'{name}_0.pt'), torch.from_numpy(feat),
+                                torch.from_numpy(mask))
     return ['data_root', os.path.join(root, '3d'), 'data_root_2d_fused_feature', os.path.join(root, 'feat'),
             'text_embeddings_path', os.path.join(root, 'text.npy'), 'feature_2d_extractor', 'lseg',
             'arch_3d', 'MinkUNet14A', 'device', 'cpu', 'manual_seed', '7',
             # 2.5 cm: the point spacing of these 0.6 m scenes; coarser voxels would leave a single voxel per
             # scene at tensor stride 16, which BatchNorm cannot normalise in training mode
             'voxel_size', '0.025']
+
+
+def make_viewer_experiment(root, n_val=2, test_repeats=2):
+    """<root>/exp/best.pth (a DisNet of random weights) and <root>/exp/result_eval/eval_config.yaml on tiny rooms:
+    an experiment folder laid out as run/esg.sh and run/eval.sh leave it, for the viewer's tests."""
+    from pipeline.networks import build_disnet
+    from pipeline.schemas import EVALUATION
+    from pipeline.stage import network_values
+    from util.checkpoint import save_checkpoint
+    from util.config import dump_config, load_config
+    data = make_tiny_dataset(root, n_train=1, n_val=n_val)
+    exp = os.path.join(root, 'exp')
+    cfg = load_config(['--config', EVAL_CONFIG] + data + ['test_repeats', str(test_repeats), 'model_path', '',
+                                                          'save_folder', os.path.join(exp, 'result_eval')], EVALUATION)
+    torch.manual_seed(0)
+    save_checkpoint(os.path.join(exp, 'best.pth'), model=build_disnet(**network_values(cfg)), epoch=0, best_metric=0.0)
+    os.makedirs(os.path.join(exp, 'result_eval'))
+    with open(os.path.join(exp, 'result_eval', 'eval_config.yaml'), 'w') as f:  # as evaluate.py writes it
+        f.write(dump_config(cfg, EVALUATION))
+    return exp
 
 
 def make_tiny_s3dis(root, n_train=3, n_val=2, seed=0, feat_dim=768):
@@ -83,7 +104,8 @@ def make_tiny_s3dis(root, n_train=3, n_val=2, seed=0, feat_dim=768):
             save_scene_3d(os.path.join(root, '3d', split, f'{name}.pth'), coords, colors, labels)
             mask = rng.random(len(labels)) > 0.15
             feat = text[labels[mask]] + 0.05 * rng.normal(size=(int(mask.sum()), feat_dim))
-            save_fused_features(os.path.join(root, 'feat', f'{name}_0.pt'), torch.from_numpy(feat), torch.from_numpy(mask))
+            save_fused_features(os.path.join(root, 'feat', f'{name}_0.pt'), torch.from_numpy(feat),
+                                torch.from_numpy(mask))
     return text
 
 
@@ -99,7 +121,8 @@ def train_argv(root, data_overrides, **overrides):
 # ----------------------------------------------------------------------------- ESS: covered points with pseudo labels
 ESS_DIM, ESS_POINTS = 768, 300
 ESS_CLASSES = (0, 1, 4, 6, 12)  # wall, floor, chair, table, desk
-ESS_TRAIN_CONFIG, ESS_EVAL_CONFIG = config('config/demo/openseg_pre_train.yaml'), config('config/demo/openseg_pre_eval.yaml')
+ESS_TRAIN_CONFIG, ESS_EVAL_CONFIG = (config('config/demo/openseg_pre_train.yaml'),
+                                     config('config/demo/openseg_pre_eval.yaml'))
 
 
 def make_ess_data(root, n_train=4, n_val=2, seed=0):
@@ -154,7 +177,8 @@ def make_plg_data(root, n_scenes=3, n=400, d=768, seed=0):
     text = rng.normal(size=(dataset_info('scannet').num_classes, d)).astype(np.float32)
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     np.save(root / 'text.npy', text)
-    os.makedirs(root / 'data_3d' / 'train'); os.makedirs(root / 'feat')
+    os.makedirs(root / 'data_3d' / 'train')
+    os.makedirs(root / 'feat')
     for s in range(n_scenes):
         scene = f'scene{s:04d}_00'
         gt = rng.choice([1, 4, 7], size=n)

@@ -8,7 +8,6 @@ import torch
 from models.adapter import EmbeddingAdapter
 from pipeline.networks import build_adapter
 from util.checkpoint import load_checkpoint, save_best_and_last, save_checkpoint
-from util.config import CfgNode
 from util.tensorboard import close_writer, create_writer, log_scalars
 
 
@@ -51,8 +50,7 @@ def test_adapter_is_affine_without_activation():
 
 def test_text_embeddings_are_frozen_and_not_saved():
     text = torch.nn.functional.normalize(torch.randn(20, 768), dim=1)
-    cfg = CfgNode(feature_2d_extractor='openseg', adapter_reduction=4, adapter_alpha=0.05)
-    model = build_adapter(cfg, text)
+    model = build_adapter(text, 'openseg', reduction=4, alpha=0.05)
     # upstream OpenSeg_Adapter's parameter names and shapes, nothing else in the state
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert shapes == {'fc.0.weight': [192, 768], 'fc.1.weight': [768, 192], 'fc.1.bias': [768]}
@@ -61,7 +59,7 @@ def test_text_embeddings_are_frozen_and_not_saved():
     loss.backward()
     assert model.text_embeddings.grad is None and model.fc[0].weight.grad is not None
     with pytest.raises(ValueError, match='512'):
-        build_adapter(CfgNode(feature_2d_extractor='lseg', adapter_reduction=4, adapter_alpha=0.05), text)
+        build_adapter(text, 'lseg', reduction=4, alpha=0.05)
 
 
 def test_checkpoint_round_trip_and_upstream_layouts(tmp_path):

@@ -171,7 +171,6 @@ def test_labels_scenes_and_checkpoints_that_are_wrong_are_named(tmp_path):
 def test_memory_blow_ups_are_refused_before_allocation(tmp_path):
     """``num_points 10^9`` and a YAML alias bomb stop at the config, with the size asked for."""
     import train_openseg_pre_train
-
     from util.config import ConfigError, load_config
     limit = r"'num_points' must be a positive integer up to 10,000,000.*found 1000000000"
     with pytest.raises(ConfigError, match=limit):

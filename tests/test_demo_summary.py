@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-
 from helpers import ROOT
 
 CLASSES = ('wall', 'floor', 'chair')

@@ -102,9 +102,10 @@ def test_a_short_supervised_run_learns_what_colour_alone_cannot(tmp_path):
     ceiling's loss), is far above an MLP trained to convergence on each point's colour. On a world whose
     classes were told apart by colour alone the MLP would be the better; on one whose classes were
     indistinguishable in 3D the network could not pull away from it."""
-    import train_esg
     from helpers import ESG_TRAIN_CONFIG
-    from pipeline.colour_baseline import per_point_baseline
+
+    import train_esg
+    from bench.colour_baseline import per_point_baseline
     res = make_synthetic_dataset(str(tmp_path), 'w', 'scannet', num_train=8, num_val=3, points_per_scene=8000,
                                  seed=5, features='simulated')
     colour = per_point_baseline(res['data_root'], inputs='colour', steps=1500)['miou']

@@ -74,11 +74,12 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     # the weights moved away from rank 0's initialisation (identical weights would be trivial otherwise)
     import train_esg
     from pipeline.networks import build_disnet
+    from pipeline.stage import network_values
     from util.config import load_config
     from util.misc import set_seed
     cfg = load_config(argv, train_esg.SCHEMA)
     set_seed(cfg.manual_seed)  # what train() does before building the network
-    init = dict(build_disnet(cfg).named_parameters())
+    init = dict(build_disnet(**network_values(cfg)).named_parameters())
     assert any(not torch.equal(init[k].detach(), r0['params'][k]) for k in init)
     assert os.path.isfile(os.path.join(root, 'esg', 'last.pth'))
 

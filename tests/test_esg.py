@@ -11,7 +11,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import ESG_TRAIN_CONFIG as TRAIN_CONFIG, make_tiny_dataset, train_argv
+from helpers import ESG_TRAIN_CONFIG as TRAIN_CONFIG
+from helpers import make_tiny_dataset, train_argv
 
 from dataset.formats import save_fused_features, save_scene_3d
 from util.config import load_config
@@ -77,8 +78,9 @@ def test_supervised_option_learns_from_labels_only(tiny):
         save_fused_features(os.path.join(noise_feat, name), torch.randn(raw['feat'].shape), raw['mask_full'])
     runs = []
     for feat_root, out in ((os.path.join(root, 'feat'), 'sup_a'), (noise_feat, 'sup_b')):
-        summary = train_esg.main(train_argv(root, data, save_path=os.path.join(root, out), epochs=4, esg_targets=feat_root,
-                                            evaluate=False, base_lr=3e-4, loss_type='supervised_ce'))
+        summary = train_esg.main(train_argv(root, data, save_path=os.path.join(root, out), epochs=4,
+                                            esg_targets=feat_root, evaluate=False, base_lr=3e-4,
+                                            loss_type='supervised_ce'))
         runs.append((summary, safe_torch_load(os.path.join(root, out, 'last.pth'), 'checkpoint')))
     (summary, a), (_, b) = runs
     assert summary['loss_type'] == 'supervised_ce'

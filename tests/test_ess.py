@@ -4,8 +4,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import (ESS_DIM as D, ESS_EVAL_CONFIG as EVAL_CFG, ESS_POINTS as N, ESS_TRAIN_CONFIG as TRAIN_CFG,
-                     ess_overrides as data_overrides, make_ess_data as make_data, train_ess as train)
+from helpers import ESS_DIM as D
+from helpers import ESS_EVAL_CONFIG as EVAL_CFG
+from helpers import ESS_POINTS as N
+from helpers import ESS_TRAIN_CONFIG as TRAIN_CFG
+from helpers import ess_overrides as data_overrides
+from helpers import make_ess_data as make_data
+from helpers import train_ess as train
 
 import eval_openseg_pre_train
 import train_openseg_pre_train
@@ -77,8 +82,10 @@ def test_training_lowers_the_loss_and_writes_checkpoints(data, trained):
     cfg = load_config(['--config', TRAIN_CFG, *data_overrides(root), 'pseudo_label_path', f'{root}/plg'],
                       train_openseg_pre_train.SCHEMA)
     torch.manual_seed(7)
-    untrained = build_adapter(cfg, torch.from_numpy(text).float())
-    model = build_adapter(cfg, torch.from_numpy(text).float())
+    untrained = build_adapter(torch.from_numpy(text).float(), cfg.feature_2d_extractor, cfg.adapter_reduction,
+                              cfg.adapter_alpha)
+    model = build_adapter(torch.from_numpy(text).float(), cfg.feature_2d_extractor, cfg.adapter_reduction,
+                          cfg.adapter_alpha)
     state = load_checkpoint(os.path.join(trained, 'last.pth'), model)
     assert state['epoch'] == 4 and len(state['extra']['val_miou']) == 4
     assert [e for e, _ in state['extra']['val_miou']] == [1, 2, 3, 4]
@@ -110,7 +117,8 @@ def test_inference_writes_adapted_embeddings_in_fused_format(data, trained, tmp_
     argv = ['--config', EVAL_CFG, *data_overrides(root), 'save_path', trained, 'ess_embedding_path', out]
     results = eval_openseg_pre_train.main(argv)
     cfg = load_config(['--config', EVAL_CFG, *data_overrides(root)], eval_openseg_pre_train.SCHEMA)
-    model = build_adapter(cfg, torch.from_numpy(text).float())
+    model = build_adapter(torch.from_numpy(text).float(), cfg.feature_2d_extractor, cfg.adapter_reduction,
+                          cfg.adapter_alpha)
     load_checkpoint(os.path.join(trained, 'best.pth'), model)
     for split in ('train', 'val'):
         for path in formats.list_scenes(f'{root}/3d', split):
@@ -169,7 +177,8 @@ def test_missing_or_mismatched_pseudo_labels_name_the_file(tmp_path):
         train(root, str(tmp_path / 'run'), epochs=1)
     formats.save_pseudo_labels(f'{root}/plg', 'scene0001_00', np.zeros(N - 1, np.int64), np.zeros(N - 1))
     ds = ESSPointDataset(f'{root}/3d', 'train', f'{root}/feat', 10, 20, pseudo_label_path=f'{root}/plg')
-    with pytest.raises(formats.FormatError, match=rf'scene0001_00_pred\.npy.*expected shape \[{N}\].*found \[{N - 1}\]'):
+    with pytest.raises(formats.FormatError,
+                       match=rf'scene0001_00_pred\.npy.*expected shape \[{N}\].*found \[{N - 1}\]'):
         ds[1]
     formats.save_pseudo_labels(f'{root}/plg', 'scene0001_00', np.full(N, 21, np.int64), np.zeros(N))
     with pytest.raises(formats.FormatError, match=r'scene0001_00_pred\.npy.*class ids in \[0, 20\]'):

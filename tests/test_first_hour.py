@@ -176,8 +176,9 @@ def test_one_command_runs_a_whole_experiment_and_resumes(tmp_path):
 def test_free_text_without_clip_weights_fails_in_seconds_naming_both_ways_out(tiny, monkeypatch):
     import time
 
-    import query
     from helpers import EVAL_CONFIG
+
+    import query
     from pipeline import text_embeddings as te
     root, data = tiny
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')

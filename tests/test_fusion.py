@@ -10,7 +10,8 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from dataset import formats  # noqa: E402
 from prep.feature_sources import OpenClipDenseFeatureSource, PrecomputedFeatureSource  # noqa: E402
 from prep.frames import FrameData, project_points, scannet_intrinsic  # noqa: E402
-from prep.fusion import compute_mapping, fuse_features, main as fusion_main, save_scene_features  # noqa: E402
+from prep.fusion import compute_mapping, fuse_features, save_scene_features  # noqa: E402
+from prep.fusion import main as fusion_main
 
 H, W = 40, 60
 K = np.array([[50.0, 0, 30.0], [0, 50.0, 20.0], [0, 0, 1]])

@@ -58,7 +58,8 @@ def test_fresh_run_into_a_used_folder_is_refused(ess_data, tmp_path):
 
 
 def _ess_train_argv(root, save, epochs):
-    return ['--config', config('config/demo/openseg_pre_train.yaml'), *ess_overrides(root), 'pseudo_label_path', f'{root}/plg',
+    return ['--config', config('config/demo/openseg_pre_train.yaml'), *ess_overrides(root),
+            'pseudo_label_path', f'{root}/plg',
             'save_path', save, 'num_points', '200', 'batch_size', '2', 'epochs', str(epochs), 'tensorboard', 'False',
             'manual_seed', '7', 'eval_freq', '1']
 
@@ -66,7 +67,8 @@ def _ess_train_argv(root, save, epochs):
 def _adapter(root):
     from pipeline.networks import build_adapter
     cfg = load_config(_ess_train_argv(root, root, 1)[:-2] + ['save_path', root], train_openseg_pre_train.SCHEMA)
-    return build_adapter(cfg, torch.from_numpy(np.load(f'{root}/text.npy')))
+    return build_adapter(torch.from_numpy(np.load(f'{root}/text.npy')), cfg.feature_2d_extractor, cfg.adapter_reduction,
+                         cfg.adapter_alpha)
 
 
 HOLD_LOCK = textwrap.dedent('''
@@ -193,7 +195,8 @@ def test_plg_recomputes_after_tags_voxel_size_or_scoring_changed(tmp_path, capsy
     make_plg_data(tmp_path, n_scenes=2)
     out = tmp_path / 'plg'
     tags = tmp_path / 'tags.json'
-    tags.write_text(json.dumps({'scene0000_00': ['chair', 'door', 'floor'], 'scene0001_00': ['chair', 'door', 'floor']}))
+    tags.write_text(json.dumps({'scene0000_00': ['chair', 'door', 'floor'],
+                                'scene0001_00': ['chair', 'door', 'floor']}))
     first = gv.main(plg_args(tmp_path, out, 'scene_label_file', str(tags)))
     assert first['written'] == 2
     assert gv.main(plg_args(tmp_path, out, 'scene_label_file', str(tags)))['skipped'] == 2
@@ -356,7 +359,8 @@ def test_esg_training_goes_on_past_a_one_point_scene_and_an_uncovered_scene(tmp_
     one = scenes[0].replace('_vh_clean_2.pth', '')
     formats.save_scene_3d(os.path.join(root, '3d', 'train', scenes[0]), np.zeros((1, 3), np.float32),
                           np.zeros((1, 3), np.float32), np.array([1]))
-    formats.save_fused_features(os.path.join(root, 'feat', f'{one}_0.pt'), torch.ones(1, 512), torch.ones(1, dtype=bool))
+    formats.save_fused_features(os.path.join(root, 'feat', f'{one}_0.pt'), torch.ones(1, 512),
+                                torch.ones(1, dtype=bool))
     dark = scenes[1].replace('_vh_clean_2.pth', '')
     n = formats.load_scene_3d(os.path.join(root, '3d', 'train', scenes[1])).coords.shape[0]
     formats.save_fused_features(os.path.join(root, 'feat', f'{dark}_0.pt'), torch.zeros(0, 512),
@@ -408,8 +412,8 @@ def test_nonsense_in_the_yaml_file_itself_is_rejected(tmp_path):
 
 def test_diverging_ess_training_stops_naming_epoch_batch_and_scenes(ess_data, tmp_path):
     argv = _ess_train_argv(ess_data, str(tmp_path / 'ess'), epochs=3) + ['base_lr', '1e30']
-    with pytest.raises(FloatingPointError, match=r'ESS loss is (nan|inf) at epoch \d, batch \d+ \(scenes scene000\d_00, '
-                                                 r'scene000\d_00\): .*lower base_lr'):
+    with pytest.raises(FloatingPointError, match=r'ESS loss is (nan|inf) at epoch \d, batch \d+ \(scenes '
+                                                 r'scene000\d_00, scene000\d_00\): .*lower base_lr'):
         train_openseg_pre_train.main(argv)
 
 
@@ -506,6 +510,7 @@ def test_disk_full_is_reported_as_such_and_keeps_the_old_file(tmp_path, monkeypa
 # ----------------------------------------------------------------------------- devices, drivers
 def test_an_unusable_gpu_is_reported_with_its_reason(monkeypatch):
     import warnings
+
     from util.misc import get_device
 
     def old_driver():

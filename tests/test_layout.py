@@ -86,6 +86,42 @@ def test_boundaries():
     assert not wrong, wrong
 
 
+def test_no_module_imports_a_stage_script():
+    """What several stages, the viewer or a benchmark use lives in the packages (pipeline/schemas.py for the keys,
+    pipeline/networks.py, pipeline/query.py ...); a stage script is a program, imported by the tests alone."""
+    modules = project_modules()
+    stages = set(SCRIPTS) | {'vlm_ps_generation.generation_vlm'}
+    files = dict(modules)
+    for folder in ('bench', 'run'):
+        for f in sorted(os.listdir(os.path.join(ROOT, folder))):
+            if f.endswith('.py'):
+                files[f'{folder}/{f}'] = os.path.join(ROOT, folder, f)
+    wrong = [(m, d) for m, path in files.items() for d in imports_of(path, modules) - {m} if d in stages]
+    assert not wrong, wrong
+    # run/experiment.py reads the stages' keys without importing them
+    assert 'import_module' not in open(os.path.join(ROOT, 'run', 'experiment.py')).read()
+
+
+# the modules whose job is a stage's config: reading it (util/config.py) and starting a stage from it
+CONFIG_MODULES = ('util/config.py', 'pipeline/stage.py')
+
+
+def test_library_code_takes_plain_values_not_the_config():
+    """pipeline/ and util/ take the values they use; the whole ``cfg`` object stays in the stage scripts."""
+    wrong = []
+    for package in ('pipeline', 'util'):
+        for f in sorted(os.listdir(os.path.join(ROOT, package))):
+            rel = f'{package}/{f}'
+            if not f.endswith('.py') or rel in CONFIG_MODULES:
+                continue
+            tree = ast.parse(open(os.path.join(ROOT, rel)).read())
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Name) and node.id == 'cfg') or (isinstance(node, ast.arg)
+                                                                         and node.arg == 'cfg'):
+                    wrong.append(f'{rel}:{node.lineno}')
+    assert not wrong, f"library code reads a cfg object at {wrong}; pass the values instead"
+
+
 def test_no_reference_to_documents_users_do_not_have():
     out = subprocess.run(['git', 'grep', '-n', '-I', 'SP' + 'EC', '--', '.'], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout == '', out.stdout

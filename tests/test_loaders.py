@@ -60,7 +60,8 @@ def scannet(tmp_path):
         feats = [write_features(feat_root, f'{name}_{k}.pt', seed=10 * s + k) for k in range(5)]
         scenes[name] = (coords, labels, feats)
     coords, labels = write_scene(os.path.join(root, 'val'), 'scene0100_00_vh_clean_2.pth', seed=7)
-    scenes['scene0100_00'] = (coords, labels, [write_features(feat_root, 'scene0100_00_0.pt', seed=99, numpy_mask=True)])
+    scenes['scene0100_00'] = (coords, labels,
+                              [write_features(feat_root, 'scene0100_00_0.pt', seed=99, numpy_mask=True)])
     return root, feat_root, scenes
 
 
@@ -210,7 +211,8 @@ def test_feature_loader_val_scatters_features(scannet):
 
 def test_collate_batch_index_and_inverse_offsets(scannet):
     root, feat_root, _ = scannet
-    loader = FusedFeatureLoader(root, feat_root, voxel_size=0.05, split='train', eval_all=True, input_color=True, seed=0)
+    loader = FusedFeatureLoader(root, feat_root, voxel_size=0.05, split='train', eval_all=True, input_color=True,
+                                seed=0)
     items = [loader[0], loader[1]]
     coords, feats, labels, feat_3d, mask, inverse = collation_fn_eval_all(items)
     v0 = items[0][0].shape[0]

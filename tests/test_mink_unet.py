@@ -1,6 +1,5 @@
 """MinkUNet / DisNet: upstream checkpoint layout, forward/backward, autocast, engines."""
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -139,7 +138,6 @@ def test_unknown_arch_and_minkowski_engine_errors():
     except ImportError:
         pass
     with pytest.raises(ImportError, match='sparse_engine: builtin'):
-        build_disnet(SimpleNamespace(arch_3d='MinkUNet18A', feature_2d_extractor='openseg',
-                                     sparse_engine='minkowski'))
+        build_disnet('MinkUNet18A', 'openseg', 'minkowski')
     with pytest.raises(ValueError, match='unknown sparse engine'):
         ME.get_engine('spconv')

@@ -10,10 +10,10 @@ from helpers import config, ess_overrides, make_ess_data, train_ess
 
 import eval_openseg_pre_train
 from dataset import formats
-from synthetic.dense_room import dense_room, openscene_subsets
 from dataset.ess_loader import ESSPointDataset, ESSSceneDataset
 from dataset.voxelizer import sparse_quantize
 from pipeline.text_embeddings import PROMPT_TEMPLATES, apply_template
+from synthetic.dense_room import dense_room, openscene_subsets
 from vlm_ps_generation import generation_vlm as gv
 
 SCENE = 'scene0000_00'

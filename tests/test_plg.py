@@ -8,10 +8,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import make_plg_data as make_dataset, plg_args as args_for
+from helpers import make_plg_data as make_dataset
+from helpers import plg_args as args_for
 
 from dataset import formats
 from dataset.label_constants import dataset_info
+from pipeline.pseudo_labels import plg_scene
 from vlm_ps_generation import generation_vlm as gv
 
 INFO = dataset_info('scannet')
@@ -25,18 +27,18 @@ def test_hand_made_exact():
     mask_full = np.array([1, 1, 0, 1, 1], bool)         # point 2 has no 2D feature
     coords = np.arange(15, dtype=np.float32).reshape(5, 3)  # one point per voxel
     scene = np.array([True, False, True])               # class 1 is not in the scene
-    lab, prob = gv.plg_scene(coords, feat, mask_full, text, scene, per_point=True)
+    lab, prob = plg_scene(coords, feat, mask_full, text, scene, per_point=True)
     # point 1 prefers class 1, which is masked -> its best remaining class is 0 (tie 0/2 -> first)
     assert lab.tolist() == [0, 0, 3, 2, 2]
     e5 = np.exp(5.0)
     assert prob[0] == pytest.approx(e5 / (e5 + 2), rel=1e-6) and prob[2] == 0.0
     assert prob[1] == pytest.approx(1 / (e5 + 2), rel=1e-6)
-    lab_v, prob_v = gv.plg_scene(coords, feat, mask_full, text, scene, voxel_size=0.02)
+    lab_v, prob_v = plg_scene(coords, feat, mask_full, text, scene, voxel_size=0.02)
     assert lab_v.tolist() == lab.tolist() and np.allclose(prob_v, prob)
     # points 0+1 and 2+3 share a voxel: each takes its first point's label, and the voxel of the
     # uncovered point 2 is unlabeled even though point 3 has a feature (upstream)
     coords2 = np.array([[0, 0, 0], [0.01, 0, 0], [1, 1, 1], [1.005, 1, 1], [2, 2, 2]], np.float32)
-    lab_v, prob_v = gv.plg_scene(coords2, feat, mask_full, text, scene, voxel_size=0.02)
+    lab_v, prob_v = plg_scene(coords2, feat, mask_full, text, scene, voxel_size=0.02)
     assert lab_v.tolist() == [0, 0, 3, 3, 2]
     assert prob_v[1] == prob_v[0] == pytest.approx(e5 / (e5 + 2), rel=1e-6)
 
@@ -50,7 +52,7 @@ def test_scene_without_labelled_class_is_unlabeled():
     scene = gv.scene_label_mask(gt, 3)
     assert not scene.any()
     for per_point in (True, False):
-        lab, prob = gv.plg_scene(np.eye(3, dtype=np.float32), feat, np.array([1, 0, 1], bool), text, scene,
+        lab, prob = plg_scene(np.eye(3, dtype=np.float32), feat, np.array([1, 0, 1], bool), text, scene,
                                  per_point=per_point)
         assert lab.tolist() == [3, 3, 3] and prob.tolist() == [0, 0, 0]
 
@@ -84,7 +86,7 @@ def test_matches_upstream_formula_with_voxel_copy(seed):
     feat = torch.from_numpy(rng.normal(size=(mask_full.sum(), d)).astype(np.float32)) * 3
     text = torch.nn.functional.normalize(torch.randn(C, d, generator=torch.Generator().manual_seed(seed)), dim=1)
     gt = rng.choice([0, 3, 5, 255], size=n)
-    lab, prob = gv.plg_scene(coords, feat, mask_full, text, gv.scene_label_mask(gt, C), voxel_size=0.02,
+    lab, prob = plg_scene(coords, feat, mask_full, text, gv.scene_label_mask(gt, C), voxel_size=0.02,
                              chunk_size=257)
     expect, expect_prob = upstream_oracle(coords, feat, mask_full, text, gt, 0.02, C)
     np.testing.assert_array_equal(lab, expect)
@@ -92,7 +94,7 @@ def test_matches_upstream_formula_with_voxel_copy(seed):
     assert set(np.unique(lab)) <= {0, 3, 5, C}          # classes outside the scene label never appear
     assert (prob[lab == C] == 0).all() and (prob[lab < C] > 0).all()
     # per-point mode: every covered point labelled, uncovered ones unlabeled
-    lab_p, _ = gv.plg_scene(coords, feat, mask_full, text, gv.scene_label_mask(gt, C), per_point=True)
+    lab_p, _ = plg_scene(coords, feat, mask_full, text, gv.scene_label_mask(gt, C), per_point=True)
     assert ((lab_p == C) == ~mask_full).all()
     assert not np.array_equal(lab_p, lab)               # the voxel copy really changes labels here
 

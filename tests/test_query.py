@@ -137,23 +137,25 @@ def test_another_label_set_is_scored_only_where_its_names_are_classes(trained):
 
 
 def test_score_is_the_mean_cosine_over_voxelisations(trained):
-    """Oracle: the network run by hand on the evaluation's voxelisations (item i + r * scenes), cosine
+    """Oracle: the network run by hand on the evaluation's voxelisations (item repeat_item(i, r, scenes)), cosine
     similarity to the class's text embedding, averaged over the repeats."""
     import query
-    from evaluate import build_model
-    from pipeline.inference import eval_dataset, forward_voxels
+    from dataset.point_loader import repeat_item
+    from pipeline.inference import forward_voxels
+    from pipeline.networks import build_model
+    from pipeline.stage import eval_split, network_values
     root, data = trained
     query.main(argv(root, data, 'q_oracle', queries='floor', scenes='scene0100_00', test_repeats=3))
     cfg = load_config(argv(root, data, 'unused', test_repeats=3), query.SCHEMA)
-    model, _ = build_model(cfg, torch.device('cpu'), print)
+    model, _ = build_model(cfg.model_path, network_values(cfg), torch.device('cpu'), print)
     model.eval()
-    dataset = eval_dataset(cfg, 'val')
+    dataset = eval_split(cfg, 'val')
     text = torch.from_numpy(np.load(os.path.join(root, 'text.npy'))[1])
     text = text / text.norm()
     scores = 0
     with torch.no_grad():
         for r in range(3):
-            coords, feats, _, inverse = dataset[0 + r * len(dataset.data_paths)]
+            coords, feats, _, inverse = dataset[repeat_item(0, r, len(dataset.data_paths))]
             coords[:, 0] = 0
             f = forward_voxels(model, coords, feats, torch.device('cpu'))
             scores = scores + torch.nn.functional.cosine_similarity(f, text[None], dim=1)[inverse]
@@ -213,7 +215,8 @@ def scan_files(root, folder):
     os.makedirs(folder, exist_ok=True)
     PlyData([PlyElement.describe(v, 'vertex')], text=False).write(os.path.join(folder, 'scan.ply'))
     faces = np.array([([i, i + 1, i + 2],) for i in range(0, n - 2, 3)], dtype=[('vertex_indices', 'i4', (3,))])
-    PlyData([PlyElement.describe(v, 'vertex'), PlyElement.describe(faces, 'face')]).write(os.path.join(folder, 'mesh.ply'))
+    PlyData([PlyElement.describe(v, 'vertex'),
+             PlyElement.describe(faces, 'face')]).write(os.path.join(folder, 'mesh.ply'))
     save_scene_3d(os.path.join(folder, 'room.pth'), scene.coords, rgb / 127.5 - 1, np.full(n, 255))
     return n
 

@@ -2,12 +2,12 @@
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 
 from models.sparse import dispatch, settings
 from pipeline.keys import network_keys
+from pipeline.stage import sparse_settings
 from util.config import ConfigError, Schema, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_defaults_and_the_log_line():
     with settings.using():
-        s = settings.configure_from(SimpleNamespace())  # a config without the keys: the defaults
+        s = settings.configure()  # the defaults
         assert (s.conv, s.row_order, s.autotune) == ('reference', 'mask', False)
         assert s is settings.current()
         assert str(s) == 'sparse_conv reference (row order mask, autotune off)'
@@ -52,12 +52,13 @@ def test_config_keys_are_declared_checked_at_load_and_applied(tmp_path):
     path.write_text('NETWORK:\n  sparse_conv: triton\n  sparse_conv_row_order: memory\n  sparse_conv_autotune: True\n')
     for key, value, message in (('sparse_conv', 'torch', "'sparse_conv' must be one of reference, triton, spconv"),
                                 ('sparse_engine', 'torch', "'sparse_engine' must be one of builtin, minkowski"),
-                                ('sparse_conv_row_order', 'sorted', "'sparse_conv_row_order' must be one of mask, memory"),
+                                ('sparse_conv_row_order', 'sorted',
+                                 "'sparse_conv_row_order' must be one of mask, memory"),
                                 ('sparse_conv_autotune', 'maybe', "'sparse_conv_autotune' must be a")):
         with pytest.raises(ConfigError, match=message):
             load_config(['--config', str(path), key, value], schema)
     with settings.using():
-        assert str(settings.configure_from(load_config(['--config', str(path)], schema))) == \
+        assert str(sparse_settings(load_config(['--config', str(path)], schema))) == \
             'sparse_conv triton (row order memory, autotune on)'
 
 

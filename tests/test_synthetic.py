@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.formats import (fused_feature_files, list_scenes, load_fused_features, load_scene_3d, load_text_embeddings,
-                             scene_name)
+from dataset.formats import (
+    fused_feature_files,
+    list_scenes,
+    load_fused_features,
+    load_scene_3d,
+    load_text_embeddings,
+    scene_name,
+)
 from dataset.label_constants import IGNORE_LABEL, dataset_info
 from pipeline.metric import evaluate
 from pipeline.pseudo_labels import pseudo_labels_from_features, scene_label_mask

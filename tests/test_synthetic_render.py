@@ -38,7 +38,8 @@ def test_depth_of_a_known_box_is_analytic():
     np.testing.assert_allclose(out['depth'], expected, rtol=1e-5)
     expected_label = np.where(on_box, 2, np.where(floor_t < 4, 1, 0))
     np.testing.assert_array_equal(out['label'], expected_label)
-    np.testing.assert_array_equal(out['color'][on_box], np.full((on_box.sum(), 3), np.round(np.array([.6, .5, .3]) * 255)))
+    np.testing.assert_array_equal(out['color'][on_box],
+                                  np.full((on_box.sum(), 3), np.round(np.array([.6, .5, .3]) * 255)))
     # beyond the sensor's range there is no measurement (depth 0, no label)
     far = render_frame(room, pose, K, hw, max_depth=3.5)
     assert (far['depth'][~on_box & (floor_t >= 3.5)] == 0).all()

@@ -10,6 +10,7 @@ import torch
 from dataset import formats
 from dataset.label_constants import dataset_info
 from pipeline import text_embeddings as te
+from pipeline.stage import class_text_embeddings
 from util.config import CfgNode
 
 TINY_CFG = {'embed_dim': 64,
@@ -49,7 +50,8 @@ def test_encode_model_object_matches_manual(tiny):
     torch.testing.assert_close(templ, manual(model, [f'a {n} in a scene' for n in NAMES]))
     assert not torch.allclose(templ, emb)
     # upstream's prompt engineering: the last class ('other' in ScanNet, 'clutter' in S3DIS) stays the bare 'other'
-    assert te.apply_template(['wall', 'clutter'], 'a {} in a scene', last_as_other=True) == ['a wall in a scene', 'other']
+    assert te.apply_template(['wall', 'clutter'], 'a {} in a scene',
+                             last_as_other=True) == ['a wall in a scene', 'other']
     upstream = te.encode_class_names(model, tok, NAMES, template='a {} in a scene', last_as_other=True)
     torch.testing.assert_close(upstream, manual(model, ['a wall in a scene', 'a chair in a scene', 'other']))
 
@@ -88,7 +90,7 @@ def test_embeddings_file_and_config(tmp_path):
     np.save(path, raw)
     cfg = CfgNode(text_embeddings_path=str(path), clip_model='ViT-L-14-336', clip_pretrained='openai',
                   prompt_template='', text_cache_dir='')
-    emb = te.text_embeddings_from_config(cfg, info)
+    emb = class_text_embeddings(cfg, info)
     np.testing.assert_allclose(emb.numpy(), raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-6)
     with pytest.raises(formats.FormatError):
         te.load_or_compute_text_embeddings(['a', 'b'], embeddings_path=str(path))

@@ -13,9 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import EVAL_CONFIG, make_tiny_dataset
-
-from util.config import load_config
+from helpers import make_viewer_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -40,26 +38,7 @@ def free_port():
 
 @pytest.fixture(scope='module')
 def experiment(tmp_path_factory):
-    """<root>/exp/best.pth (random weights) and <root>/exp/result_eval/eval_config.yaml: an experiment folder
-    laid out as run/esg.sh and run/eval.sh leave it."""
-    import torch
-
-    from pipeline.networks import build_disnet
-    from util.checkpoint import save_checkpoint
-    root = str(tmp_path_factory.mktemp('viewer'))
-    data = make_tiny_dataset(root, n_train=1, n_val=2)
-    import evaluate
-    from util.config import dump_config
-    exp = os.path.join(root, 'exp')
-    cfg = load_config(['--config', EVAL_CONFIG] + data + ['test_repeats', '2', 'model_path', '',
-                                                          'save_folder', os.path.join(exp, 'result_eval')],
-                      evaluate.SCHEMA)
-    torch.manual_seed(0)
-    save_checkpoint(os.path.join(exp, "best.pth"), model=build_disnet(cfg), epoch=0, best_metric=0.0)
-    os.makedirs(os.path.join(exp, 'result_eval'))
-    with open(os.path.join(exp, 'result_eval', 'eval_config.yaml'), 'w') as f:  # as evaluate.py writes it
-        f.write(dump_config(cfg, evaluate.SCHEMA))
-    return exp
+    return make_viewer_experiment(str(tmp_path_factory.mktemp('viewer')), n_val=2, test_repeats=2)
 
 
 def save_artifact(image, tmp_path, name):
@@ -132,7 +111,8 @@ def test_viewer_draws_points_legend_and_a_live_query(experiment, tmp_path):
         heat = wait_until_stable(browser, reference=shown_again, min_changed=1)
         save_artifact(heat, tmp_path, 'viewer_query.png')
         from pipeline.visualize import heat_colors
-        expected = heat_colors(app.query_scores, np.percentile(app.query_scores, 1), np.percentile(app.query_scores, 99))
+        expected = heat_colors(app.query_scores, np.percentile(app.query_scores, 1),
+                               np.percentile(app.query_scores, 99))
         drawn = heat[y:y + h, x:x + w][changed]
         palette = np.unique(expected, axis=0)
         hits = np.zeros(len(drawn), bool)

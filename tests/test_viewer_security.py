@@ -7,11 +7,10 @@ and the scene's messages arrive on it. ``--no-token`` drops the token, not the H
 port moves the viewer to the next free one, and the printed URL and SSH hint name that one.
 """
 import http.client
-import os
 import socket
 
 import pytest
-from helpers import EVAL_CONFIG, make_tiny_dataset
+from helpers import make_viewer_experiment
 
 EVIL = 'http://evil.example'
 
@@ -24,25 +23,7 @@ def free_port():
 
 @pytest.fixture(scope='module')
 def experiment(tmp_path_factory):
-    """<root>/exp/best.pth (random weights) and its result_eval/eval_config.yaml (as tests/test_viewer.py's)."""
-    import torch
-
-    import evaluate
-    from pipeline.networks import build_disnet
-    from util.checkpoint import save_checkpoint
-    from util.config import dump_config, load_config
-    root = str(tmp_path_factory.mktemp('viewer_security'))
-    data = make_tiny_dataset(root, n_train=1, n_val=1)
-    exp = os.path.join(root, 'exp')
-    cfg = load_config(['--config', EVAL_CONFIG] + data + ['test_repeats', '1', 'model_path', '',
-                                                          'save_folder', os.path.join(exp, 'result_eval')],
-                      evaluate.SCHEMA)
-    torch.manual_seed(0)
-    save_checkpoint(os.path.join(exp, 'best.pth'), model=build_disnet(cfg), epoch=0, best_metric=0.0)
-    os.makedirs(os.path.join(exp, 'result_eval'))
-    with open(os.path.join(exp, 'result_eval', 'eval_config.yaml'), 'w') as f:
-        f.write(dump_config(cfg, evaluate.SCHEMA))
-    return exp
+    return make_viewer_experiment(str(tmp_path_factory.mktemp('viewer_security')), n_val=1, test_repeats=1)
 
 
 @pytest.fixture(scope='module')

@@ -49,16 +49,16 @@ def test_ceiling_crop_shows_the_room_under_the_ceiling():
     floor = floor_grid(step=0.05)
     ceiling = floor + [0, 0, 3.0]
     pts = np.concatenate([floor, ceiling])
-    colors = np.concatenate([np.tile([[0, 0, 255]], (len(floor), 1)), np.tile([[255, 0, 0]], (len(ceiling), 1))]).astype(np.uint8)
+    colors = np.concatenate([np.tile([[0, 0, 255]], (len(floor), 1)),
+                             np.tile([[255, 0, 0]], (len(ceiling), 1))]).astype(np.uint8)
     seen = vis.TopDown(pts).image(colors)
     assert (seen[3:-3, 3:-3] == [255, 0, 0]).all()          # from above: the ceiling alone
     cut = vis.ceiling_height(pts, 0.5)
     assert 2.4 < cut < 2.6
     seen = vis.TopDown(pts, max_z=cut).image(colors)
     assert (seen[3:-3, 3:-3] == [0, 0, 255]).all()          # cropped: the floor
-    cfg = {}
-    assert vis.ceiling_crop(cfg, dataset_info('s3dis')) == 0.5 and vis.ceiling_crop(cfg, dataset_info('scannet')) == 0
-    assert vis.ceiling_crop({'topdown_ceiling_crop': 0.3}, dataset_info('scannet')) == 0.3
+    assert vis.ceiling_crop(-1, dataset_info('s3dis')) == 0.5 and vis.ceiling_crop(-1, dataset_info('scannet')) == 0
+    assert vis.ceiling_crop(0.3, dataset_info('scannet')) == 0.3
 
 
 def test_error_panel_categories():
@@ -97,7 +97,8 @@ def test_bar_chart_values_and_stages(tmp_path):
     result = evaluate(np.array([0, 0, 1, 1, 2, 1]), np.array([0, 0, 1, 1, 2, 2]), names)
     texts = vis.iou_bar_chart(result, str(tmp_path / 'one.png'))
     assert texts == [f'{v:.2f}' for v in result['iou']]
-    compare = [('PLG', {'wall': 0.5, 'floor': 0.25, 'chair': None}), ('ESS', {'wall': 0.75, 'floor': 0.5, 'chair': 0.1})]
+    compare = [('PLG', {'wall': 0.5, 'floor': 0.25, 'chair': None}),
+               ('ESS', {'wall': 0.75, 'floor': 0.5, 'chair': 0.1})]
     texts = vis.iou_bar_chart(result, str(tmp_path / 'three.png'), compare=compare)
     assert texts == ['0.50', '0.25', '-', '0.75', '0.50', '0.10'] + [f'{v:.2f}' for v in result['iou']]
     assert os.path.getsize(tmp_path / 'three.png') > 0

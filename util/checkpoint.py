@@ -150,14 +150,15 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, map_location='c
             'extra': dict(ckpt.get('extra') or {})}
 
 
-def check_same_schedule(path, resumed, cfg, keys, why):
-    """Refuse to resume from ``path`` when one of ``keys`` (the config keys the learning-rate schedule depends on)
-    differs from the run that wrote it (``resumed``: what ``load_checkpoint`` returned); ``why`` says how the
-    schedule depends on them. Checkpoints without a recorded config are not checked."""
+def check_same_schedule(path, resumed, schedule, why):
+    """Refuse to resume from ``path`` when a value of ``schedule`` ({config key: value} of the keys the
+    learning-rate schedule depends on) differs from the run that wrote it (``resumed``: what ``load_checkpoint``
+    returned); ``why`` says how the schedule depends on them. Checkpoints without a recorded config are not
+    checked."""
     saved = resumed['extra'].get('config') or {}
-    changed = [k for k in keys if k in saved and k in cfg and saved[k] != cfg[k]]
+    changed = [k for k in schedule if k in saved and saved[k] != schedule[k]]
     if changed:
-        was = ', '.join(f'{k} {saved[k]!r} -> {cfg[k]!r}' for k in changed)
+        was = ', '.join(f'{k} {saved[k]!r} -> {schedule[k]!r}' for k in changed)
         keep = ' '.join(f'{k} {saved[k]}' for k in changed)
         raise ValueError(f"resume '{path}': the run it continues had other schedule settings ({was}); {why}, so "
                          f"continuing with these would change the schedule mid-run. Give {keep} to continue that run "

@@ -31,7 +31,8 @@ def get_logger(name='3dss-vlg', log_file=None, rank=0):
         handler = _Console()
         handler.setFormatter(_FORMAT)
         logger.addHandler(handler)
-    if log_file and rank == 0 and not any(isinstance(h, logging.FileHandler) and h.baseFilename == os.path.abspath(log_file)
+    if log_file and rank == 0 and not any(isinstance(h, logging.FileHandler)
+                                          and h.baseFilename == os.path.abspath(log_file)
                                           for h in logger.handlers):
         for old in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
             logger.removeHandler(old)  # a new run of the stage in this process: its own file

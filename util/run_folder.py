@@ -3,8 +3,8 @@
 Every stage that writes into a folder (PLG's pseudo labels, ESS and ESG experiment folders, ESS
 inference's embeddings, evaluation results) opens it with ``RunFolder``:
 
-    with RunFolder(cfg.save_path, 'ESG training') as folder:
-        folder.check_fresh_or_resume(resume=cfg.resume, overwrite=cfg.overwrite, outputs=CHECKPOINTS)
+    with RunFolder(save_path, 'ESG training') as folder:
+        resume = folder.check_fresh_or_resume(resume=resume, overwrite=overwrite, outputs=CHECKPOINTS)
         ...
 
 - **Lock.** ``<folder>/.lock`` is held with ``fcntl.flock`` for the life of the run and names its holder
@@ -189,19 +189,20 @@ class RunFolder:
                 self.log(f"{self.stage}: removed '{full}', the temporary file of a write that was interrupted")
         return removed
 
-    def start(self, stage, cfg, schema, device, rank=0, local_world_size=1, **facts):
+    def start(self, stage, config, schema, device, rank=0, local_world_size=1, **facts):
         """Begin a run of ``stage`` in this folder: its logger (``<stage>-<date>_<time>.log``), the CPU threads
-        (util/threads.py), and the record of what runs (``record``). Returns the logger."""
+        (util/threads.py, the config's ``threads``), and the record of what runs (``record``: ``config``, the
+        resolved config, is written as it is). Returns the logger."""
         from util.logger import stage_logger
         from util.threads import configure_threads
         logger = stage_logger(stage, self.path, rank)
-        threads = configure_threads(cfg.get('threads', 0), local_world_size)
-        logger.info(f"{schema.stage}\nconfig {cfg.config_file} (resolved in {stage}_config.yaml):\n{cfg}")
+        threads = configure_threads(config.get('threads', 0), local_world_size)
+        logger.info(f"{schema.stage}\nconfig {config.config_file} (resolved in {stage}_config.yaml):\n{config}")
         logger.info(f'device {device}; {threads}' + ''.join(f'; {k} {v}' for k, v in facts.items()))
-        self.record(stage, cfg, schema, device=str(device), threads=threads, **facts)
+        self.record(stage, config, schema, device=str(device), threads=threads, **facts)
         return logger
 
-    def record(self, stage, cfg, schema, **facts):
+    def record(self, stage, config, schema, **facts):
         """Write ``<stage>_config.yaml`` and ``<stage>_run.json`` (see the module docstring)."""
         if not self.enabled:
             return
@@ -210,7 +211,7 @@ class RunFolder:
         command = ' '.join([os.path.basename(sys.executable)] + sys.argv)
         started = time.strftime('%Y-%m-%d %H:%M:%S')
         header = f'{schema.stage}\nresolved config of the run started {started}:\n  {command}'
-        atomic_write_text(os.path.join(self.path, f'{stage}_config.yaml'), dump_config(cfg, schema, header))
+        atomic_write_text(os.path.join(self.path, f'{stage}_config.yaml'), dump_config(config, schema, header))
         info = {'stage': schema.stage, 'command': command, 'cwd': os.getcwd(), 'started': started,
                 'host': socket.gethostname(), 'pid': os.getpid(), 'code': code_version(), **facts}
         atomic_write_text(os.path.join(self.path, f'{stage}_run.json'), json.dumps(info, indent=2, default=str) + '\n')

@@ -1,6 +1,6 @@
 """TensorBoard scalars for the training stages: a writer on rank 0, nothing elsewhere.
 
-    writer = create_writer(cfg.save_path, rank)      # None on ranks > 0 or when disabled
+    writer = create_writer(save_path, rank)          # None on ranks > 0 or when disabled
     log_scalars(writer, {'train/loss': 0.7, 'lr': 3e-3}, step=epoch)
     close_writer(writer)
 """

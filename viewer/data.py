@@ -51,15 +51,15 @@ def resolve_folder(folder, config=None):
         if len(found) == 1:
             return found[0], checkpoint
         if len(found) > 1:
-            raise ConfigError(f"viewer: several evaluation configs in '{where}' ({[os.path.basename(p) for p in found]}); "
-                              f"choose one with --config")
+            raise ConfigError(f"viewer: several evaluation configs in '{where}' "
+                              f"({[os.path.basename(p) for p in found]}); choose one with --config")
     raise ConfigError(f"viewer: '{folder}' holds no query_config.yaml and no evaluation config (a .yaml with "
                       f"test_repeats, model_path, save_folder), nor does its result_eval; give --config")
 
 
 def load_viewer_config(folder, config=None, overrides=()):
     """The evaluation (or query) config of ``folder``, read with query.py's keys, and ``key value`` overrides."""
-    from query import SCHEMA
+    from pipeline.schemas import QUERY as SCHEMA
     path, checkpoint = resolve_folder(folder, config)
     return resolve_config(SCHEMA, path, (['model_path', checkpoint] if checkpoint else []) + list(overrides))
 
@@ -69,18 +69,20 @@ class ViewerData:
 
     def __init__(self, cfg, device='cpu', max_points=150_000, logger=None):
         from pipeline import query as q
-        from query import build_dataset, check_dimensions
+        from pipeline.stage import query_dataset, text_source
         self.cfg, self.device, self.max_points, self.logger = cfg, torch.device(device), int(max_points), logger
         self.info = dataset_info(cfg.labelset)
         self.labels = q.parse_names(cfg.labels, 'labels') or list(self.info.labels)
         self.palette = q.label_palette(self.info, self.labels)
-        self.label_emb, _ = q.text_embeddings_for(cfg, self.info, self.labels, 'labels')
-        check_dimensions(cfg, self.label_emb, torch.zeros(0))
-        self.dataset = build_dataset(cfg)
+        self.label_emb, _ = q.text_embeddings_for(text_source(cfg), self.info, self.labels, 'labels')
+        q.check_dimensions(cfg.feature_2d_extractor, cfg.feature_type, self.label_emb, torch.zeros(0))
+        self.dataset = query_dataset(cfg)
         self.model = None
         if cfg.feature_type == 'distill':
-            from evaluate import build_model
-            self.model, _ = build_model(cfg, self.device, (logger.warning if logger else print))
+            from pipeline.networks import build_model
+            from pipeline.stage import network_values
+            self.model, _ = build_model(cfg.model_path, network_values(cfg), self.device,
+                                        (logger.warning if logger else print))
         self.names = [self.dataset.scene_name(i) for i in range(len(self.dataset.data_paths))]
         self._scenes = {}
         self._text_cache = {}
@@ -95,6 +97,7 @@ class ViewerData:
     def scene(self, name):
         """The ``SceneResult`` of scene ``name`` (computed once), with float16 embeddings of its shown points."""
         from pipeline import query as q
+        from pipeline.stage import prediction
         if name in self._scenes:
             return self._scenes[name]
         if name not in self.names:
@@ -102,7 +105,7 @@ class ViewerData:
         index = self.names.index(name)
         results = []
         subset = q.SceneSubset(self.dataset, [index])
-        q.run_scenes(self.cfg, self.model, subset, self.label_emb, torch.zeros(0, self.label_emb.shape[1]),
+        q.run_scenes(prediction(self.cfg), self.model, subset, self.label_emb, torch.zeros(0, self.label_emb.shape[1]),
                      self.device, results.append, keep_rows=lambda _i, n: self._rows(index, n),
                      desc=f'viewer: {name}')
         result = results[0]
@@ -113,9 +116,10 @@ class ViewerData:
     def text_embedding(self, text):
         """Unit text embedding of a query (a class name: evaluate.py's row; else open_clip or query_embeddings)."""
         from pipeline import query as q
+        from pipeline.stage import text_source
         key = text.strip()
         if key not in self._text_cache:
-            emb, sources = q.text_embeddings_for(self.cfg, self.info, [key], 'query')
+            emb, sources = q.text_embeddings_for(text_source(self.cfg), self.info, [key], 'query')
             if emb.shape[1] != self.label_emb.shape[1]:
                 raise ValueError(f"query embedding of dimension {emb.shape[1]}, the scene's features are "
                                  f"{self.label_emb.shape[1]}-d")

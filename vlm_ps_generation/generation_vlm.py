@@ -32,36 +32,20 @@ import json
 import os
 
 import numpy as np
-import torch
 
-from dataset import formats
-from dataset.label_constants import IGNORE_LABEL, dataset_info, feature_dim
-from dataset.voxelizer import sparse_quantize
-from pipeline.keys import NON_NEGATIVE_INT, POSITIVE_INT, dataset_keys, run_keys, text_keys
+from dataset import formats, fused_features
+from dataset.label_constants import IGNORE_LABEL, dataset_info
 from pipeline.metric import confusion_matrix, evaluate_confusion, format_table
-from pipeline.pseudo_labels import pseudo_labels_from_features, scene_label_mask
-from pipeline.text_embeddings import text_embeddings_from_config
+from pipeline.networks import feature_dim
+from pipeline.pseudo_labels import plg_scene, scene_label_mask
+from pipeline.schemas import PLG
+from pipeline.stage import class_text_embeddings, run_stage
 from util.cli import run_cli
-from util.config import Key, Schema, load_config
 from util.io import atomic_write_text
-from util.misc import get_device
 from util.progress import progress
 from util.provenance import OutputManifest, array_digest, code_version, file_digest
-from util.run_folder import RunFolder
 
-SCHEMA = Schema('PLG: pseudo labels from fused 2D features and CLIP text embeddings', [
-    *dataset_keys(),
-    *text_keys(prompt_template='none'),  # upstream's PLG turns its prompt engineering off
-    Key('feat_dim', int, 0, 'feature width (0 = from feature_2d_extractor)', 'PLG', **NON_NEGATIVE_INT),
-    Key('split', str, 'train', 'split to label (ESS trains on the train split)', 'PLG'),
-    Key('scene_label_file', str, '', "JSON {scene: [class names]} of scene tags ('' = the classes present in GT)",
-        'PLG', exists='file'),
-    Key('plg_per_point', bool, False, "False: upstream's voxel-representative scoring; True: every covered point",
-        'PLG'),
-    Key('chunk_size', int, 65536, 'points scored at once (memory: chunk x classes)', 'PLG', **POSITIVE_INT),
-    *run_keys('save_folder', '${exp_root}/plg'),
-], example='python vlm_ps_generation/generation_vlm.py --config vlm_ps_generation/config/scannet.yaml '
-           'scene_label_file tags.json save_folder exp/scannet/plg_tags')
+SCHEMA = PLG
 
 
 def load_scene_label_file(path, class_names, text_labels=()):
@@ -104,38 +88,6 @@ def load_scene_label_file(path, class_names, text_labels=()):
     return masks
 
 
-def plg_scene(coords, feat, mask_full, text_embeddings, scene_mask, *, voxel_size=0.02, per_point=False,
-              chunk_size=65536, device='cpu'):
-    """Pseudo labels of one scene -> (labels int64 [N], probs float32 [N]); unlabeled = C, prob 0.
-
-    coords [N, 3]; feat [M, D] rows of the covered points (ascending index); mask_full bool [N].
-    """
-    num_classes = text_embeddings.shape[0]
-    mask_full = np.asarray(mask_full, dtype=bool)
-    n = mask_full.shape[0]
-    labels = np.full(n, num_classes, dtype=np.int64)
-    probs = np.zeros(n, dtype=np.float32)
-    covered_idx = np.flatnonzero(mask_full)
-    if per_point:
-        lab, conf = pseudo_labels_from_features(feat, text_embeddings, scene_mask, chunk_size, device)
-        labels[covered_idx], probs[covered_idx] = lab, conf
-        return labels, probs
-    # voxel-representative scoring (upstream): label of a voxel = label of its first point, copied
-    # to all its points; the voxel is unlabeled when that representative has no 2D feature.
-    _, kept, inverse = sparse_quantize(np.asarray(coords, dtype=np.float64), voxel_size)
-    row_of_point = np.full(n, -1, dtype=np.int64)
-    row_of_point[covered_idx] = np.arange(covered_idx.shape[0])
-    rep_rows = row_of_point[kept]                  # feature row of each voxel's representative, -1 if none
-    scored = rep_rows >= 0
-    vox_labels = np.full(kept.shape[0], num_classes, dtype=np.int64)
-    vox_probs = np.zeros(kept.shape[0], dtype=np.float32)
-    rows = torch.from_numpy(rep_rows[scored])
-    lab, conf = pseudo_labels_from_features(torch.as_tensor(feat)[rows], text_embeddings, scene_mask,
-                                            chunk_size, device)
-    vox_labels[scored], vox_probs[scored] = lab, conf
-    return vox_labels[inverse], vox_probs[inverse]
-
-
 # bump when a change of this stage changes the pseudo labels it writes: older outputs are then recomputed
 PLG_VERSION = 1
 
@@ -164,17 +116,11 @@ def scene_tags_of(scene, path, pt, scene_labels, cfg, info, log):
     return scene_mask
 
 
-def run(cfg):
-    with RunFolder(cfg.save_folder, 'PLG') as folder:
-        device = get_device(cfg.device)
-        return label_split(cfg, device, folder.start('plg', cfg, SCHEMA, device))
-
-
 def label_split(cfg, device, logger):
     info = dataset_info(cfg.labelset)
     save_folder = cfg.save_folder
     feat_dim = cfg.feat_dim or feature_dim(cfg.feature_2d_extractor)
-    text = text_embeddings_from_config(cfg, info, device=device)
+    text = class_text_embeddings(cfg, info, device=device)
     if feat_dim is not None and text.shape[1] != feat_dim:
         raise ValueError(f"text embeddings have dimension {text.shape[1]} but feature_2d_extractor "
                          f"'{cfg.feature_2d_extractor}' gives {feat_dim}-d features; use the matching CLIP model "
@@ -184,7 +130,7 @@ def label_split(cfg, device, logger):
         scene_labels = load_scene_label_file(cfg.scene_label_file, info.labels, info.text_labels)
 
     paths = formats.list_scenes(cfg.data_root, cfg.split)
-    all_scenes = formats.all_scene_names(cfg.data_root)
+    all_scenes = fused_features.scene_names(cfg.data_root)
     # scenes are scored one at a time and summed into a confusion matrix (ScanNet train has ~1e8 points)
     conf = np.zeros((info.num_classes + 1, info.num_classes + 1), np.int64)
     n_points = n_covered = n_with_gt = n_written = n_skipped = 0
@@ -194,7 +140,7 @@ def label_split(cfg, device, logger):
             pt = formats.load_scene_3d(path, info.num_classes)
             scene_mask = scene_tags_of(scene, path, pt, scene_labels, cfg, info, logger.info)
             tags = {'tags': [info.labels[c] for c in np.flatnonzero(scene_mask)]}
-            feat_paths = formats.fused_feature_files(cfg.data_root_2d_fused_feature, scene, all_scenes)
+            feat_paths = fused_features.feature_files(cfg.data_root_2d_fused_feature, scene, all_scenes)
             outputs = formats.pseudo_label_paths(save_folder, scene)
             current, why = manifest.check(scene, [path, *feat_paths], outputs, tags)
             if current and not cfg.overwrite:
@@ -244,8 +190,8 @@ def label_split(cfg, device, logger):
 
 
 def main(argv=None):
-    cfg = load_config(argv, SCHEMA)
-    return run(cfg)
+    return run_stage(argv, SCHEMA, lambda cfg, stage: label_split(cfg, stage.device, stage.logger), title='PLG',
+                     record='plg', folder='save_folder')
 
 
 if __name__ == '__main__':

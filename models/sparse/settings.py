@@ -1,8 +1,8 @@
 """The sparse convolution's settings: which implementation runs, and the Triton path's two knobs.
 
 One validated, immutable value, read by the convolutions when they run. It is set from a config
-(``configure_from(cfg)``: keys ``sparse_conv``, ``sparse_conv_row_order``, ``sparse_conv_autotune``) or
-from code (``configure(conv='triton')``, ``using(...)`` for a block); ``current()`` reads it. Nothing
+(``pipeline.stage.sparse_settings(cfg)``: keys ``sparse_conv``, ``sparse_conv_row_order``, ``sparse_conv_autotune``)
+or from code (``configure(conv='triton')``, ``using(...)`` for a block); ``current()`` reads it. Nothing
 is read from the environment. See docs/sparse_engine.md.
 """
 import contextlib
@@ -66,10 +66,3 @@ def using(**changes):
     finally:
         _current = previous
 
-
-def configure_from(cfg):
-    """Settings from a config's keys (the defaults where a key is absent); returns them: ``str()`` of the
-    result is the line a stage writes to its log."""
-    defaults = SparseConvSettings()
-    values = {field: getattr(cfg, key, getattr(defaults, field)) for field, key in CONFIG_KEYS.items()}
-    return configure(**values)

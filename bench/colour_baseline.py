@@ -1,6 +1,6 @@
 """Per-point baselines that see no 3D shape: what a world offers without geometry.
 
-    python -m pipeline.colour_baseline --data_root data/demo_3d [--inputs colour|colour_height] [--steps 1500]
+    python bench/colour_baseline.py --data_root data/demo_3d [--inputs colour|colour_height] [--steps 1500]
 
 A small MLP is trained with cross-entropy on every annotated point of the train split and scored on every
 point of the val split (``pipeline.metric.evaluate``, the metric of the 3D networks). ``colour`` sees the
@@ -10,10 +10,13 @@ and height) the 3D network has nothing more to learn, and the supervised ceiling
 """
 import argparse
 import json
+import os
+import sys
 
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 from dataset.formats import list_scenes, load_scene_3d
 from dataset.label_constants import IGNORE_LABEL, dataset_info
 from pipeline.metric import evaluate
@@ -54,7 +57,8 @@ def per_point_baseline(data_root, labelset='scannet', inputs='colour', steps=150
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Linear(x_train.shape[1], hidden), torch.nn.ReLU(),
-                              torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, info.num_classes))
+                              torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+                              torch.nn.Linear(hidden, info.num_classes))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
