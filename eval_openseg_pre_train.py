@@ -91,6 +91,7 @@ def main(argv=None):
 def infer(cfg, device, logger):
     set_seed(cfg.manual_seed)
     info = dataset_info(cfg.labelset)
+    fmiou_exclude = metric.fmiou_classes(info.labels, cfg.fmiou_exclude)  # checked before anything slow
     text_embeddings = class_text_embeddings(cfg, info, 'cpu')
     roots = {split: feature_root(cfg.data_root_2d_fused_feature, cfg.data_root_2d_fused_feature_val, split,
                                  cfg.val_split) for split in cfg.splits}
@@ -156,11 +157,17 @@ def infer(cfg, device, logger):
             continue
         results[split] = {}
         for name in VARIANTS:
-            covered = metric.evaluate_confusion(conf[name], info.labels)
-            all_points = metric.evaluate_confusion(conf_all[name], info.labels, no_feature_in_iou=True)
+            covered = metric.evaluate_confusion(conf[name], info.labels, fmiou_exclude=fmiou_exclude)
+            all_points = metric.evaluate_confusion(conf_all[name], info.labels, no_feature_in_iou=True,
+                                                   fmiou_exclude=fmiou_exclude)
             per_class = lambda r: {n: (None if np.isnan(v) else float(v)) for n, v in zip(info.labels, r['iou'])}
             results[split][name] = {'miou_covered': covered['miou'], 'miou_all_points': all_points['miou'],
                                     'macc_covered': covered['macc'], 'macc_all_points': all_points['macc'],
+                                    # beside mIoU: f-mIoU, and ScanNet200's head / common / tail (pipeline/metric.py)
+                                    'fmiou_covered': covered['fmiou'], 'fmiou_all_points': all_points['fmiou'],
+                                    'fmiou_exclude': covered['fmiou_exclude'],
+                                    'split_miou_covered': covered['split_miou'],
+                                    'split_miou_all_points': all_points['split_miou'],
                                     # per class, for evaluate.py's bar chart of PLG / ESS / ESG side by side
                                     'iou_covered': per_class(covered), 'iou_all_points': per_class(all_points),
                                     'num_points': all_points['num_points']}  # labelled points: identifies the data
@@ -169,9 +176,14 @@ def infer(cfg, device, logger):
                             + metric.format_table(covered))
         lines = [f'{split}: mIoU against GT ({n_points} points, {n_covered} covered; upstream mIoU = sum over '
                  f'classes present / {num_classes})',
-                 f"  {'labels':<56s} {'covered':>8s} {'all points':>11s}"]
+                 f"  {'labels':<56s} {'covered':>8s} {'all points':>11s}"
+                 + ('' if fmiou_exclude is None else f"   f-mIoU {'covered':>8s} {'all points':>11s}")]
         for name, r in results[split].items():
-            lines.append(f"  {name:<56s} {r['miou_covered']:8.4f} {r['miou_all_points']:11.4f}")
+            lines.append(f"  {name:<56s} {r['miou_covered']:8.4f} {r['miou_all_points']:11.4f}"
+                         + ('' if fmiou_exclude is None else
+                            f"          {r['fmiou_covered']:8.4f} {r['fmiou_all_points']:11.4f}"))
+        if fmiou_exclude is not None:
+            lines.append(f"  (f-mIoU: without {', '.join(fmiou_exclude)}, the same rule over the other classes)")
         logger.info('\n'.join(lines))
     manifest.close()
     if results:

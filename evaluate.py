@@ -12,6 +12,9 @@ random voxelisations whose logits are summed (``pipeline.inference.predict_split
     <scene>_topdown.png            prediction, GT and the errors (correct / wrong / ignored / no 2D feature) from
                                   above (``save_png``; ``topdown_ceiling_crop`` metres cut below the top, S3DIS 0.5)
     iou_per_class.png, metrics.txt, eval_summary.json
+``metrics.txt`` and ``eval_summary.json`` carry, beside mIoU (the paper's number), f-mIoU (without the classes
+``fmiou_exclude`` names, by default the label set's) and, for ScanNet200, the head / common / tail mIoUs
+(``pipeline/metric.py`` defines them).
 ``iou_per_class.png`` puts the PLG and ESS labels' IoU of the same split beside the network's when
 ``stage_metrics`` names ESS inference's ``ess_eval_metrics.json`` (the demo config does).
 ``feature_type``: 'distill' (the 3D network, the paper's number), 'fusion' (the 2D features given in
@@ -26,7 +29,7 @@ from dataset import fused_features
 from dataset.formats import load_scene_3d, scene_name
 from dataset.label_constants import IGNORE_LABEL, dataset_info
 from pipeline.inference import predict_split
-from pipeline.metric import evaluate_confusion, format_table
+from pipeline.metric import evaluate_confusion, fmiou_classes, format_table
 from pipeline.networks import build_model
 from pipeline.schemas import EVALUATION
 from pipeline.stage import class_text_embeddings, eval_split, network_values, run_stage
@@ -161,10 +164,16 @@ def main(argv=None):
                      title='evaluation', record='eval', folder='save_folder', distributed=True, sparse=True)
 
 
+def _number(value):
+    """A float for the JSON summary, None where no class was there to average (NaN)."""
+    return None if value is None or np.isnan(value) else float(value)
+
+
 def evaluate_split(cfg, dist_info, device, logger):
     set_seed(cfg.manual_seed)
     timer = Timer()
     info = dataset_info(cfg.labelset)
+    fmiou_exclude = fmiou_classes(info.labels, cfg.fmiou_exclude)  # a class the label set lacks stops the run here
     text_embeddings = class_text_embeddings(cfg, info, 'cpu')
 
     model = None
@@ -187,7 +196,7 @@ def evaluate_split(cfg, dist_info, device, logger):
     reduce_device = device if device.type == 'cuda' else 'cpu'
     conf = du.all_reduce_array(conf, device=reduce_device)
     conf_first = du.all_reduce_array(conf_first, device=reduce_device)
-    result = evaluate_confusion(conf, info.labels)
+    result = evaluate_confusion(conf, info.labels, fmiou_exclude=fmiou_exclude)
     first = evaluate_confusion(conf_first, info.labels)  # one voxelisation, upstream's single-run number
     # points no view saw count as misses in IoU too: the number to compare 2D labels with a 3D network
     strict = evaluate_confusion(conf, info.labels, no_feature_in_iou=True)
@@ -196,6 +205,10 @@ def evaluate_split(cfg, dist_info, device, logger):
     summary = {'feature_type': cfg.feature_type, 'split': cfg.split, 'test_repeats': cfg.test_repeats,
                'model_path': cfg.model_path, 'num_scenes': len(val_set.data_paths), 'num_points': result['num_points'],
                'miou': result['miou'], 'macc': result['macc'], 'miou_present': result['miou_present'],
+               # beside the paper's mIoU: f-mIoU and, for ScanNet200, head / common / tail (pipeline/metric.py)
+               'fmiou': result['fmiou'], 'fmiou_present': _number(result['fmiou_present']),
+               'fmiou_exclude': result['fmiou_exclude'], 'split_miou': result['split_miou'],
+               'split_miou_present': {k: _number(v) for k, v in result['split_miou_present'].items()},
                'miou_all_points': strict['miou'], 'miou_first_repeat': first['miou'], 'coverage': float(coverage),
                'iou': {n: (None if np.isnan(v) else float(v)) for n, v in zip(info.labels, result['iou'])},
                'wall_time_s': timer.elapsed()}

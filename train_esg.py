@@ -32,7 +32,7 @@ from dataset.label_constants import IGNORE_LABEL, dataset_info
 from pipeline import training
 from pipeline.inference import forward_voxels, predict_split
 from pipeline.losses import SUPERVISED_LOSS, distillation_loss, supervised_cross_entropy
-from pipeline.metric import evaluate_confusion, format_table, per_class_scalars
+from pipeline.metric import evaluate_confusion, fmiou_classes, format_table, per_class_scalars
 from pipeline.networks import build_disnet
 from pipeline.schemas import ESG_TRAINING
 from pipeline.stage import class_text_embeddings, eval_split, network_values, run_stage
@@ -173,7 +173,7 @@ def validate(model, val_set, text_embeddings, cfg, device, dist_info, log=None):
                          test_repeats=cfg.val_repeats, seed=cfg.manual_seed, amp=cfg.amp,
                          rank=dist_info.rank, world_size=dist_info.world_size, workers=cfg.workers, log=log)
     conf = du.all_reduce_array(conf, device=device if device.type == 'cuda' else 'cpu')
-    return evaluate_confusion(conf, dataset_info(cfg.labelset).labels)
+    return evaluate_confusion(conf, dataset_info(cfg.labelset).labels, fmiou_exclude=cfg.fmiou_exclude or None)
 
 
 def validation_outcome(result, val_repeats, val_split, logger):
@@ -184,10 +184,15 @@ def validation_outcome(result, val_repeats, val_split, logger):
                        f"best.pth follows last.pth (evaluate False skips it from the start)")
         return None
     votes = f'{val_repeats}vox'  # voxelisations summed; evaluate.py sums test_repeats of them
+    # beside mIoU (which picks best.pth): f-mIoU and, for ScanNet200, head / common / tail mIoU (pipeline/metric.py)
+    extra = {f'val/fmiou_{votes}': result['fmiou']} if result.get('fmiou') is not None else {}
+    extra.update({f'val/miou_{split}_{votes}': v for split, v in result.get('split_miou', {}).items()})
+    text = f"  mAcc {result['macc']:.4f}" + (f"  f-mIoU {result['fmiou']:.4f}" if result.get('fmiou') is not None
+                                             else '')
     return training.Validation(result['miou'], {f'val/miou_{votes}': result['miou'],
-                                                f'val/macc_{votes}': result['macc'],
+                                                f'val/macc_{votes}': result['macc'], **extra,
                                                 **per_class_scalars(result, f'val/iou_{votes}')},
-                               f"  mAcc {result['macc']:.4f}", f"  ({val_repeats} voxelisation"
+                               text, f"  ({val_repeats} voxelisation"
                                f"{'s' if val_repeats > 1 else ''}; evaluate.py sums test_repeats)")
 
 
@@ -196,6 +201,7 @@ def train(cfg, dist_info, device, logger):
     """The whole stage on one process of ``dist_info`` -> (model, summary dict)."""
     set_seed(cfg.manual_seed)
     info = dataset_info(cfg.labelset)
+    fmiou_classes(info.labels, cfg.fmiou_exclude)  # a class the label set lacks stops the run now, not at validation
     text_embeddings = class_text_embeddings(cfg, info, 'cpu')
 
     # ---- data: each rank takes batch_size / world_size scenes per step (upstream divides it the same way)

@@ -74,8 +74,8 @@ NON_NEGATIVE = dict(check=non_negative, must='a number >= 0')
 def dataset_keys():
     """What config/<dataset>/dataset.yaml sets: every stage accepts these."""
     return [
-        Key('labelset', str, 'scannet', 'label set: scannet (20 classes) or s3dis (13)', 'DATA',
-            check=_labelset, must='a known label set (scannet, s3dis)'),
+        Key('labelset', str, 'scannet', 'label set: scannet (20 classes), s3dis (13) or scannet200 (200)', 'DATA',
+            check=_labelset, must='a known label set (scannet, s3dis, scannet200)'),
         Key('data_root', str, help='3D scenes: <data_root>/<split>/<scene>.pth', section='DATA', exists='dir',
             hint='preprocess the scans first (README, "Data")'),
         Key('train_split', str, 'train', 'split the networks train on', 'DATA'),
@@ -128,6 +128,12 @@ def run_keys(save_key, save_default, seed=None):
         Key('threads', int, 0, 'CPU threads of this process (0 = automatic, see util/threads.py)', 'RUN',
             **NON_NEGATIVE_INT),
     ]
+
+
+def fmiou_key(section):
+    """The classes the f-mIoU beside mIoU leaves out (pipeline/metric.py); the stages that score labels take it."""
+    return Key('fmiou_exclude', list, [], "classes f-mIoU leaves out, as 'wall,floor' ([] = the label set's: ScanNet "
+               'wall, floor, otherfurniture; S3DIS ceiling, floor, wall; ScanNet200 wall, floor)', section, item=str)
 
 
 def workers_key(default=4):

@@ -12,6 +12,7 @@ from pipeline.keys import (
                            POSITIVE,
                            POSITIVE_INT,
                            dataset_keys,
+                           fmiou_key,
                            network_keys,
                            one_of,
                            resume_key,
@@ -33,6 +34,20 @@ PLG = Schema('PLG: pseudo labels from fused 2D features and CLIP text embeddings
     Key('plg_per_point', bool, False, "False: upstream's voxel-representative scoring; True: every covered point",
         'PLG'),
     Key('chunk_size', int, 65536, 'points scored at once (memory: chunk x classes)', 'PLG', **POSITIVE_INT),
+    # geometry-aware refinement (not the paper's; docs/method.md, "PLG refinement")
+    Key('plg_refine', str, 'none', "none: the paper's labels; superpoints: every superpoint's labelled points get "
+        'the class pooled over them', 'PLG', nullable=True, **one_of('none', 'superpoints')),
+    Key('plg_refine_pool', str, 'mean', 'superpoints: mean (of the post-mask probabilities) or vote (weighted by '
+        'confidence)', 'PLG', **one_of('mean', 'vote')),
+    Key('plg_refine_spread', bool, False, 'superpoints: also label the unlabeled points of a superpoint whose labelled '
+        'share is >= plg_refine_min_coverage (raises coverage)', 'PLG'),
+    Key('plg_refine_min_coverage', float, 0.5, 'plg_refine_spread: the labelled share a superpoint needs', 'PLG',
+        check=lambda v: 0 < v <= 1, must='a number in (0, 1]'),
+    Key('superpoint_source', str, 'auto', "auto: ScanNet's <scene>_vh_clean_2.0.010000.segs.json where present, else a "
+        'graph segmentation of the points; scannet: the segs.json only; graph: always the graph segmentation', 'PLG',
+        **one_of('auto', 'scannet', 'graph')),
+    Key('superpoint_root', str, '${exp_root}/superpoints', 'cache of computed superpoints (python -m prep.superpoints '
+        'fills one ahead; set it in dataset.yaml to share it), also searched for segs.json files', 'PLG'),
     *run_keys('save_folder', '${exp_root}/plg'),
 ], example='python vlm_ps_generation/generation_vlm.py --config vlm_ps_generation/config/scannet.yaml '
            'scene_label_file tags.json save_folder exp/scannet/plg_tags')
@@ -83,6 +98,7 @@ ESS_INFERENCE = Schema("ESS inference: write the adapted embeddings (ESG's targe
     *ADAPTER_KEYS,
     Key('model_path', str, '', "the adapter checkpoint ('' = <save_path>/best.pth)", 'ESS', exists='file'),
     Key('ess_embedding_path', str, '${exp_root}/ess_embeddings', 'output folder of the adapted embeddings', 'ESS'),
+    fmiou_key('ESS'),
     workers_key(),
     *run_keys('save_path', '${exp_root}/ess', seed=2023),
 ], example='python eval_openseg_pre_train.py --config config/scannet/openseg_pre_eval.yaml splits=val')
@@ -112,6 +128,7 @@ ESG_TRAINING = Schema('ESG: distil the ESS embeddings into a 3D sparse U-Net', [
     Key('evaluate', bool, True, 'validate during training', 'ESG'),
     Key('eval_freq', int, 1, 'validate every eval_freq epochs (and after the last)', 'ESG', **POSITIVE_INT),
     Key('val_repeats', int, 1, 'random voxelisations summed at validation', 'ESG', **POSITIVE_INT),
+    fmiou_key('ESG'),
     resume_key('ESG'),
     Key('tensorboard', bool, True, 'write TensorBoard scalars to <save_path>/tensorboard', 'ESG'),
     workers_key(8),
@@ -138,6 +155,7 @@ EVALUATION = Schema('Evaluate an ESG 3D network: per-point predictions, mIoU / m
         'ceilings hide the room, none for ScanNet)', 'TEST'),
     Key('stage_metrics', str, '${exp_root}/ess/ess_eval_metrics.json', "ESS inference's metrics: PLG and ESS bars "
         "beside the network's in the per-class chart ('' = none)", 'TEST'),
+    fmiou_key('TEST'),
     workers_key(1),
     *run_keys('save_folder', '${exp_root}/esg/result_eval', seed=1463),
 ], example='python evaluate.py --config config/scannet/openseg_eval.yaml model_path exp/scannet/esg/best.pth '

@@ -10,6 +10,14 @@ The NYU40 -> benchmark table is built from the ``nyu40id`` / ``nyu40class`` colu
 id list (1-12, 14, 16, 24, 28, 33, 34, 36, 39), which the tsv reproduces. A malformed PLY, or a vertex with NaN /
 Inf coordinates or a colour outside 0..255, is refused naming the file before anything is written.
 
+``--labelset scannet200`` writes ScanNet200's 200 classes instead (label i = the i-th ScanNet200 class of
+``label_constants.SCANNET200_LABELS``, others 255). The labels PLY holds NYU40 ids only, so these come, as in
+ScanNet200's own preprocessing, from the instance annotation: ``<scene>.aggregation.json`` (``segGroups``, each a
+raw category ``label`` and its ``segments``) over ``<scene>_vh_clean_2.0.010000.segs.json`` (``segIndices``, the
+segment of each vertex), the raw category mapped through the tsv's ``id`` column (the ScanNet200 id space:
+``raw_category`` -> ``id``), so ``--label_map_file`` is required. A vertex in no group is 255; where groups
+overlap the later one wins (as ScanNet200's script).
+
 2D (as OpenScene's ``preprocess_2d_scannet.py``): read ``<scene>.sens`` (ScanNet's SensorData format, version 4)
 and export every ``frame_skip``-th frame (20) resized to 320x240 (nearest, as upstream):
 ``<out>/<scene>/color/<i>.jpg``, ``depth/<i>.png`` (uint16 millimetres), ``pose/<i>.txt`` (4x4 camera-to-world),
@@ -20,12 +28,15 @@ CLI::
 
     python -m prep.scannet 3d --scans_dir /data/scannet/scans --scene_list scannetv2_train.txt \\
         --out_dir data/scannet_3d/train --label_map_file /data/scannet/scannetv2-labels.combined.tsv
+    python -m prep.scannet 3d --labelset scannet200 --scans_dir /data/scannet/scans --scene_list scannetv2_val.txt \\
+        --out_dir data/scannet200_3d/val --label_map_file /data/scannet/scannetv2-labels.combined.tsv
     python -m prep.scannet frames --scans_dir /data/scannet/scans --out_dir data/scannet_2d
 """
 import argparse
 import csv
 import glob
 import io
+import json
 import os
 import struct
 import zlib
@@ -33,7 +44,7 @@ from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
-from dataset.label_constants import IGNORE_LABEL, SCANNET_LABELS_20
+from dataset.label_constants import IGNORE_LABEL, SCANNET200_IDS, SCANNET200_LABELS, SCANNET_LABELS_20
 from prep.frames import (
     SCANNET_IMAGE_SIZE,
     FrameData,
@@ -47,6 +58,8 @@ from prep.frames import (
 from util.cli import run_cli
 
 SCANNET_SUFFIX = '_vh_clean_2'
+SEGMENTS_SUFFIX = SCANNET_SUFFIX + '.0.010000.segs.json'  # ScanNet200's labels: segments of the mesh ...
+AGGREGATION_SUFFIX = '.aggregation.json'                   # ... and the raw category of each group of segments
 # ScanNet benchmark: the NYU40 ids of the 20 evaluated classes, in label order
 BENCHMARK_NYU40_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39)
 # NYU40 spells one class differently from the benchmark label list
@@ -105,6 +118,59 @@ def nyu40_to_benchmark(tsv_path: Optional[str] = None, max_id=255) -> np.ndarray
     for label, nyu_id in enumerate(ids):
         table[nyu_id] = label
     return table
+
+
+def raw_category_to_scannet200(tsv_path) -> Dict[str, int]:
+    """{raw category: ScanNet200 label 0..199} for the raw categories of the tsv whose ``id`` is a ScanNet200 class
+    (every other raw category is ignored, 255). A tsv without a row for one of the 200 ids is not ScanNet's
+    (the classes would silently never occur) and is an error naming them."""
+    if tsv_path is None:
+        raise ValueError("--labelset scannet200 maps raw categories through ScanNet's "
+                         "scannetv2-labels.combined.tsv: give it as --label_map_file")
+    ids = read_label_mapping(tsv_path, 'raw_category', 'id')
+    label_of = {class_id: label for label, class_id in enumerate(SCANNET200_IDS)}
+    found = set(ids.values())
+    missing = [f'{name} ({class_id})' for name, class_id in zip(SCANNET200_LABELS, SCANNET200_IDS)
+               if class_id not in found]
+    if missing:
+        raise ValueError(f"label map '{tsv_path}': no raw category has the ScanNet200 id of {len(missing)} classes, "
+                         f"e.g. {missing[:5]}: give ScanNet's scannetv2-labels.combined.tsv (column 'id')")
+    return {str(raw): label_of[class_id] for raw, class_id in ids.items() if class_id in label_of}
+
+
+def _read_json(path, what):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} '{path}' does not exist")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as err:
+        from util.io import UnreadableFileError
+        raise UnreadableFileError(f"cannot read {what} '{path}': not valid JSON ({err})") from None
+
+
+def scannet200_vertex_labels(scan_dir, num_vertices, raw_to_label) -> np.ndarray:
+    """ScanNet200 label (0..199, else 255) of each mesh vertex from the scan's aggregation and segments files."""
+    scene = os.path.basename(os.path.normpath(scan_dir))
+    segs_path = os.path.join(scan_dir, scene + SEGMENTS_SUFFIX)
+    agg_path = os.path.join(scan_dir, scene + AGGREGATION_SUFFIX)
+    segs = _read_json(segs_path, 'segments file')
+    agg = _read_json(agg_path, 'aggregation file')
+    if not isinstance(segs, dict) or 'segIndices' not in segs:
+        raise ValueError(f"segments file '{segs_path}': no 'segIndices'")
+    if not isinstance(agg, dict) or 'segGroups' not in agg:
+        raise ValueError(f"aggregation file '{agg_path}': no 'segGroups'")
+    seg_indices = np.asarray(segs['segIndices'], dtype=np.int64)
+    if seg_indices.shape != (num_vertices,):
+        raise ValueError(f"segments file '{segs_path}' has {seg_indices.size} entries but the mesh has {num_vertices} "
+                         f"vertices")
+    labels = np.full(num_vertices, IGNORE_LABEL, dtype=np.int64)
+    for i, group in enumerate(agg['segGroups']):
+        if not isinstance(group, dict) or 'label' not in group or 'segments' not in group:
+            raise ValueError(f"aggregation file '{agg_path}': segGroups[{i}] lacks 'label' or 'segments'")
+        labels[np.isin(seg_indices, np.asarray(group['segments'], dtype=np.int64))] = raw_to_label.get(
+            str(group['label']), IGNORE_LABEL)
+    return labels
 
 
 # ----------------------------------------------------------------------------- 3D
@@ -168,8 +234,12 @@ def check_vertices(coords, rgb, path):
                              f"{bad[0]} = {values[bad[0]].tolist()}")
 
 
-def process_scene_3d(scan_dir, out_path, label_table: Optional[np.ndarray], require_labels=True):
-    """One scan folder -> ``out_path`` (.pth, docs/formats.md). Returns the number of points."""
+def process_scene_3d(scan_dir, out_path, label_table: Optional[np.ndarray], require_labels=True,
+                     raw_to_scannet200: Optional[Dict[str, int]] = None):
+    """One scan folder -> ``out_path`` (.pth, docs/formats.md). Returns the number of points.
+
+    ``raw_to_scannet200`` (``raw_category_to_scannet200``): ScanNet200 labels from the aggregation instead of the
+    20 benchmark classes from the labels PLY (``label_table``)."""
     from dataset.formats import save_scene_3d
     scene = os.path.basename(os.path.normpath(scan_dir))
     mesh_path = os.path.join(scan_dir, scene + SCANNET_SUFFIX + '.ply')
@@ -179,7 +249,13 @@ def process_scene_3d(scan_dir, out_path, label_table: Optional[np.ndarray], requ
     rgb = _fields(v, ('red', 'green', 'blue'), mesh_path).astype(np.float32)
     check_vertices(coords, rgb, mesh_path)
     colors = (rgb / 127.5 - 1.0).astype(np.float32)
-    if os.path.isfile(label_path):
+    if raw_to_scannet200 is not None:
+        annotated = os.path.isfile(os.path.join(scan_dir, scene + AGGREGATION_SUFFIX))
+        if annotated or require_labels:
+            labels = scannet200_vertex_labels(scan_dir, coords.shape[0], raw_to_scannet200)
+        else:
+            labels = np.full(coords.shape[0], IGNORE_LABEL, dtype=np.int64)
+    elif os.path.isfile(label_path):
         lv = read_ply_vertices(label_path, 'label mesh')
         nyu = np.asarray(lv['label'] if 'label' in lv.dtype.names else _fields(lv, ('label',), label_path)[:, 0])
         if nyu.shape[0] != coords.shape[0]:
@@ -417,7 +493,10 @@ def main(argv=None):
         q.add_argument('--scene_list', default=None, help='text file of scene ids (e.g. scannetv2_train.txt); '
                                                           'default: every folder of scans_dir')
         q.add_argument('--overwrite', action='store_true')
-    p3.add_argument('--label_map_file', default=None, help='scannetv2-labels.combined.tsv (optional check)')
+    p3.add_argument('--label_map_file', default=None, help='scannetv2-labels.combined.tsv (optional check; required '
+                                                           'for scannet200)')
+    p3.add_argument('--labelset', default='scannet', choices=('scannet', 'scannet200'),
+                    help='scannet: the 20 benchmark classes (labels PLY); scannet200: the 200 classes (aggregation)')
     p3.add_argument('--no_labels', action='store_true', help='scans without labels (test): labels all 255')
     p2.add_argument('--frame_skip', type=int, default=20)
     p2.add_argument('--height', type=int, default=SCANNET_IMAGE_SIZE[0])
@@ -427,12 +506,16 @@ def main(argv=None):
     scenes = _scene_list(args)
     os.makedirs(args.out_dir, exist_ok=True)
     if args.command == '3d':
-        table = nyu40_to_benchmark(args.label_map_file)
-        for scene in tqdm(scenes, desc='scannet 3d', unit='scene'):
+        if args.labelset == 'scannet200':
+            table, raw = None, raw_category_to_scannet200(args.label_map_file)
+        else:
+            table, raw = nyu40_to_benchmark(args.label_map_file), None
+        for scene in tqdm(scenes, desc=f'{args.labelset} 3d', unit='scene'):
             out = os.path.join(args.out_dir, scene + SCANNET_SUFFIX + '.pth')
             if os.path.isfile(out) and not args.overwrite:
                 continue
-            process_scene_3d(os.path.join(args.scans_dir, scene), out, table, require_labels=not args.no_labels)
+            process_scene_3d(os.path.join(args.scans_dir, scene), out, table, require_labels=not args.no_labels,
+                             raw_to_scannet200=raw)
     else:
         hw = (args.height, args.width)
         from util.io import atomic_write_text

@@ -4,7 +4,7 @@
 #   beside it two more 3D networks of the same architecture and schedule: distilled from the raw fused features
 #   (OpenScene's 3D distillation, ESG without ESS) and trained on GT labels (the ceiling) -> one table.
 #   make demo            (or: PYTHONPATH=. bash run/demo.sh from the repository root)
-# Outputs: data/demo_*, exp/demo/{plg,ess,ess_embeddings,esg,esg_fused,supervised}, each network's evaluation in
+# Outputs: data/demo_*, exp/demo/{plg,plg_refined_val,ess,ess_embeddings,esg,esg_fused,supervised}, each network's evaluation in
 # <run>/result_eval; the table is printed at the end and written to exp/demo/demo_summary.txt, with
 # exp/demo/demo_curves.png and exp/demo/demo_per_class.png. Every run starts from scratch (the demo's own
 # folders are removed).
@@ -42,6 +42,10 @@ stage() {  # stage <name> <command ...>: run it, record its wall time
 stage "synthetic data" ${PYTHON} -m synthetic --out data --name demo --dataset scannet --features "${DEMO_FEATURES}" \
     --num-train "${DEMO_TRAIN_ROOMS}"
 stage "PLG" sh vlm_ps_generation/generation_vlm.sh exp/demo/plg vlm_ps_generation/config/demo.yaml
+# beyond the paper, one table row: the val PLG labels (GT tags, per point, as the reference row) refined within the
+# synthetic scenes' superpoints (docs/method.md, "PLG refinement"); nothing downstream reads them
+stage "PLG refined (val)" sh vlm_ps_generation/generation_vlm.sh exp/demo/plg_refined_val \
+  vlm_ps_generation/config/demo.yaml split val plg_per_point True plg_refine superpoints
 stage "ESS train" sh run/ess_train.sh exp/demo/ess config/demo/openseg_pre_train.yaml
 stage "ESS inference" sh run/ess_eval.sh exp/demo/ess config/demo/openseg_pre_eval.yaml
 stage "ESG train" sh run/esg.sh exp/demo/esg config/demo/openseg_train.yaml "${net_overrides[@]}"

@@ -6,6 +6,8 @@ Reads what the stages wrote into the experiment folder ``--exp``:
   - ``ess/ess_eval_metrics.json`` (ESS inference): the 2D fused features and the ESS-adapted embeddings,
     each scored by argmax over the class embeddings (no tags) and by the PLG formula with the val scenes'
     GT classes as scene tags (the PLG reference line);
+  - ``plg_refined_val/plg_summary.json`` when it exists (PLG on val with the reference row's tags and per-point
+    scoring, labels refined within superpoints: beyond the paper);
   - for each 3D network (``esg_fused``: distilled from the raw fused features, OpenScene's 3D distillation;
     ``esg``: distilled from the ESS embeddings, 3DSS-VLG; ``supervised``: cross-entropy on GT labels, the
     ceiling), ``<run>/result_eval/eval_summary.json`` (evaluate.py) and ``<run>/esg_summary.json`` (its
@@ -28,6 +30,9 @@ TWO_D_ROWS = (
     ('ESS-adapted embeddings, argmax', 'ESS adapted, argmax', False),
     ('PLG pseudo labels (GT tags; reference)', 'raw fused, scene-label mask (PLG formula per point)', True),
 )
+# beyond the paper: PLG on val with the same GT tags and per-point scoring as the reference row, its labels refined
+# within superpoints (plg_refine superpoints; its run folder under --exp, listed when it exists)
+REFINED_PLG_ROW = ('PLG refined by superpoints (GT tags; not paper)', 'plg_refined_val')
 # (row label, short name for the pictures, run folder under --exp)
 NETWORK_ROWS = (
     ('3D net from raw fused (OpenScene 3D distill.)', 'from raw fused', 'esg_fused'),
@@ -85,6 +90,16 @@ def summarise(exp, timings=''):
         lines.append(f"{label:<50s} {'GT' if tagged else 'no':>4s} "
                      f"{r['miou_all_points']:12.4f} {r['miou_covered']:8.4f}")
         numbers['rows'][label] = {'miou_all_points': r['miou_all_points'], 'miou_covered': r['miou_covered']}
+    refined_folder = os.path.join(exp, REFINED_PLG_ROW[1])
+    if os.path.isdir(refined_folder):
+        plg = read_json(os.path.join(refined_folder, 'plg_summary.json'), 'PLG (refined, val)')
+        if plg.get('split') != split:
+            raise ValueError(f"'{refined_folder}' holds PLG labels of split '{plg.get('split')}', the table is about "
+                             f"'{split}'")
+        # PLG's mIoU counts uncovered points as misses (all points); its upstream mIoU drops them (covered)
+        lines.append(f"{REFINED_PLG_ROW[0]:<50s} {'GT':>4s} {plg['miou']:12.4f} {plg['miou_upstream']:8.4f}")
+        numbers['rows'][REFINED_PLG_ROW[0]] = {'miou_all_points': plg['miou'], 'miou_covered': plg['miou_upstream'],
+                                               'coverage': plg['coverage']}
     lines.append('-' * 78)
     for label, _, run in NETWORK_ROWS:
         if run not in runs:

@@ -16,6 +16,7 @@ from dataset.formats import (
     save_text_embeddings,
 )
 from dataset.label_constants import IGNORE_LABEL, DatasetInfo, dataset_info
+from dataset.superpoints import segs_json_name, write_segs_json
 from pipeline.metric import evaluate
 from synthetic.features import (
     RENDERED_FEATURE_PARAMS,
@@ -28,9 +29,13 @@ from synthetic.features import (
 from synthetic.geometry import _seed
 from synthetic.rooms import make_room, room_types
 from synthetic.scan import OVERSAMPLE, POINT_NOISE_STD, UNSEEN_KEEP, camera_visibility, sample_points
+from synthetic.segments import MIN_POINTS, TILE, scan_segments
 from util.io import atomic_write_text
 from util.progress import progress
 from util.provenance import OutputManifest, array_digest
+
+# the 'params' of the segs.json files the synthetic scenes get
+SEGS_PARAMS = {'source': 'synthetic/segments.py', 'tile': TILE, 'min_points': MIN_POINTS}
 
 
 def scene_names(info: DatasetInfo, num_train, num_val):
@@ -55,7 +60,8 @@ def scene_names(info: DatasetInfo, num_train, num_val):
 def make_scene(info: DatasetInfo, text_embeddings, room_type, name, index, seed=0, num_points=20000,
                params: Optional[FeatureParams] = None, features='simulated'):
     """One scene: dict(room, coords f32 [N,3] (noisy), colors f32 [N,3] in [-1,1], labels int64 [N],
-    clean_coords, primitive_index, visibility bool [V,N], feat f32 [M,D], mask_full bool [N]).
+    clean_coords, primitive_index, visibility bool [V,N], feat f32 [M,D], mask_full bool [N], segments int64 [N]:
+    ScanNet-like over-segmentation ids, synthetic/segments.py).
 
     features: 'simulated' (the formula on the analytic visibility, fast) or 'rendered' (depth / feature
     images ray-cast from the fusion cameras and fused by prep/fusion.py; synthetic/render.py).
@@ -64,18 +70,7 @@ def make_scene(info: DatasetInfo, text_embeddings, room_type, name, index, seed=
         raise ValueError(f"features must be 'simulated' or 'rendered', found {features!r}")
     if params is None:
         params = FeatureParams() if features == 'simulated' else RENDERED_FEATURE_PARAMS
-    rng = np.random.default_rng(_seed(seed, info.name, index))
-    room = make_room(rng, info, room_type, name=name)
-    # The mesh comes from every frame of the scan, the fusion from a subset (OpenScene fuses every 20th
-    # frame): points no scan camera saw are mostly missing from a real mesh (holes), so keep only a few.
-    clean, prim_idx = sample_points(rng, room, int(num_points * OVERSAMPLE))
-    vis_scan = camera_visibility(room, clean)
-    keep = np.flatnonzero(vis_scan.any(0) | (rng.random(len(clean)) < UNSEEN_KEEP))
-    if len(keep) < num_points:
-        raise RuntimeError(f'room {name}: only {len(keep)} of {num_points} points survive the scan simulation')
-    keep = np.sort(rng.choice(keep, num_points, replace=False))
-    clean, prim_idx = clean[keep], prim_idx[keep]
-    visibility = vis_scan[room.fusion_views][:, keep]
+    rng, room, clean, prim_idx, visibility = scan_geometry(info, room_type, name, index, seed, num_points)
     prim_class = np.array([p.class_id for p in room.primitives])
     prim_feature = np.array([p.feature_class for p in room.primitives])
     prim_color = np.stack([p.color for p in room.primitives])
@@ -93,7 +88,24 @@ def make_scene(info: DatasetInfo, text_embeddings, room_type, name, index, seed=
         feat, mask, timing = rendered_fused_features(rng, room, coords, text_embeddings, params)
     return dict(timing=timing, room=room, coords=coords.astype(np.float32), colors=(colors * 2 - 1).astype(np.float32),
                 labels=labels, clean_coords=clean, primitive_index=prim_idx, visibility=visibility,
-                feat=feat, mask_full=mask)
+                feat=feat, mask_full=mask, segments=scan_segments(room, clean, prim_idx))
+
+
+def scan_geometry(info: DatasetInfo, room_type, name, index, seed=0, num_points=20000):
+    """The room and the scan's points of one scene, before colours, noise and features: (rng, room, clean xyz
+    float64 [N, 3], primitive index [N], fusion-view visibility bool [V, N]); ``rng`` continues the scene's draws."""
+    rng = np.random.default_rng(_seed(seed, info.name, index))
+    room = make_room(rng, info, room_type, name=name)
+    # The mesh comes from every frame of the scan, the fusion from a subset (OpenScene fuses every 20th
+    # frame): points no scan camera saw are mostly missing from a real mesh (holes), so keep only a few.
+    clean, prim_idx = sample_points(rng, room, int(num_points * OVERSAMPLE))
+    vis_scan = camera_visibility(room, clean)
+    keep = np.flatnonzero(vis_scan.any(0) | (rng.random(len(clean)) < UNSEEN_KEEP))
+    if len(keep) < num_points:
+        raise RuntimeError(f'room {name}: only {len(keep)} of {num_points} points survive the scan simulation')
+    keep = np.sort(rng.choice(keep, num_points, replace=False))
+    clean, prim_idx = clean[keep], prim_idx[keep]
+    return rng, room, clean, prim_idx, vis_scan[room.fusion_views][:, keep]
 
 
 def write_demo_queries(out, name, info, text, seed):
@@ -144,7 +156,16 @@ def make_synthetic_dataset(out, name, dataset='scannet', num_train=16, num_val=4
         file_name = scene + ('_vh_clean_2' if info.name == 'scannet' else '') + '.pth'
         scene_path = os.path.join(data_root, split, file_name)
         feat_path = os.path.join(feature_root, f'{scene}_0.pt')
-        current, _ = manifest.check(scene, [], [scene_path, feat_path])
+        # ScanNet scenes also get ScanNet's over-segmentation file beside them (S3DIS releases none)
+        segs_path = os.path.join(data_root, split, segs_json_name(scene)) if info.name == 'scannet' else None
+        outputs = [scene_path, feat_path] + ([segs_path] if segs_path else [])
+        current, _ = manifest.check(scene, [], outputs)
+        if not current and not overwrite and segs_path and manifest.check(scene, [], outputs[:2])[0]:
+            # made before the segments were exported: add them from the scene's geometry, the rest stays as it is
+            _, room, clean, prim_idx, _ = scan_geometry(info, rtype, scene, g, seed, points_per_scene)
+            write_segs_json(segs_path, scan_segments(room, clean, prim_idx), scene, SEGS_PARAMS)
+            manifest.record(scene, [], outputs)
+            current = True
         if not overwrite and current:
             s3d = load_scene_3d(scene_path)
             feat, mask = load_fused_features(feat_path, len(s3d.coords), feat_dim)
@@ -157,7 +178,9 @@ def make_synthetic_dataset(out, name, dataset='scannet', num_train=16, num_val=4
             # the statistics describe the files as written (float16 features), as a re-run that reads them back
             feat = torch.from_numpy(feat).half().float().numpy()
             save_scene_3d(scene_path, scene_data['coords'], scene_data['colors'], labels.astype(np.int64))
-            manifest.record(scene, [], [scene_path, feat_path])
+            if segs_path:
+                write_segs_json(segs_path, scene_data['segments'], scene, SEGS_PARAMS)
+            manifest.record(scene, [], outputs)
         result['scenes'][split].append(scene)
         preds[split].append(plg_pseudo_labels(feat, mask, labels, text, info.num_classes))
         gts[split].append(labels)

@@ -71,3 +71,17 @@ def test_a_short_ceiling_below_the_2d_features_is_said_so(tmp_path):
     text = '\n'.join(_summary_module().summarise(str(tmp_path))[0])
     assert 'reaches 0.1800 in the same steps, below the 2D features too' in text
     assert 'closes' not in text
+
+
+def test_the_refined_plg_row_is_listed_when_it_was_run_and_must_be_of_the_split(tmp_path):
+    _experiment(str(tmp_path), {'esg': 0.45})
+    label = 'PLG refined by superpoints (GT tags; not paper)'
+    assert label not in _summary_module().summarise(str(tmp_path))[1]['rows']
+    plg = tmp_path / 'plg_refined_val' / 'plg_summary.json'
+    _write(str(plg), {'split': 'val', 'miou': 0.61, 'miou_upstream': 0.66, 'coverage': 0.8})
+    lines, numbers = _summary_module().summarise(str(tmp_path))
+    assert numbers['rows'][label] == {'miou_all_points': 0.61, 'miou_covered': 0.66, 'coverage': 0.8}
+    assert any(line.startswith(label) and line.endswith('0.6100   0.6600') for line in lines)
+    _write(str(plg), {'split': 'train', 'miou': 0.61, 'miou_upstream': 0.66, 'coverage': 0.8})
+    with pytest.raises(ValueError, match="split 'train'"):
+        _summary_module().summarise(str(tmp_path))

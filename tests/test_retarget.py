@@ -112,3 +112,28 @@ def test_the_resolved_config_reproduces_the_run(s3dis_copy, tmp_path):
     diff = {k for k in flat(first) if flat(first)[k] != flat(again)[k]}
     assert diff == {'save_path'}, diff
     assert np.isfinite(json.load(open(s3dis_copy / 'exp_a' / 'esg' / 'esg_summary.json'))['train_loss'][0])
+
+
+def test_superpoint_refined_plg_and_f_miou_on_s3dis_rooms(s3dis_copy):
+    """The options beyond the paper on S3DIS-label rooms: they have no segs.json, so the superpoints come from the
+    graph segmentation of the points (cached under the experiment); PLG reports f-mIoU without ceiling, floor
+    and wall. The refined labels stay labels of S3DIS's classes, and 'none' is the paper's PLG."""
+    import numpy as np
+
+    from dataset import formats
+    from dataset.label_constants import dataset_info
+    root = s3dis_copy
+    edit_dataset_file(root, root / 'exp_refine')
+    plg = lambda *extra: generation_vlm.main(['--config', str(root / 'vlm_ps_generation' / 'config' / 's3dis.yaml'),
+                                              *extra])
+    plain = plg('save_folder', str(root / 'exp_refine' / 'plg_none'))
+    refined = plg('save_folder', str(root / 'exp_refine' / 'plg'), 'plg_refine', 'superpoints')
+    assert refined['refine']['superpoint_files']['computed'] == 3  # the train rooms, segmented once
+    assert (root / 'exp_refine' / 'superpoints' / 'superpoints_manifest.jsonl').is_file()
+    assert refined['coverage'] == plain['coverage']  # spread is off: the covered points are the same
+    for summary in (plain, refined):
+        assert summary['fmiou'] is not None and 0 <= summary['fmiou'] <= 1
+    num_classes = dataset_info('s3dis').num_classes
+    for scene in ('Area_1_office_1', 'Area_1_office_2'):
+        labels = formats.load_pseudo_labels(str(root / 'exp_refine' / 'plg'), scene)
+        assert labels.min() >= 0 and labels.max() <= num_classes and np.isin(labels, np.arange(num_classes + 1)).all()
