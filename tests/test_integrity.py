@@ -478,7 +478,7 @@ def test_empty_foreign_truncated_files_and_folders_are_named_as_such(tmp_path):
     with pytest.raises(ConfigError, match=r"'pseudo_label_path': '.*full.pth' is a file, expected a folder$"):
         load_config(['--config', os.path.join(ROOT, 'config/demo/openseg_pre_train.yaml'), 'pseudo_label_path',
                      str(tmp_path / 'full.pth'), 'data_root', str(tmp_path), 'data_root_2d_fused_feature',
-                     str(tmp_path)], train_openseg_pre_train.SCHEMA)
+                     str(tmp_path), 'text_embeddings_path', ''], train_openseg_pre_train.SCHEMA)
     with pytest.raises(ConfigError, match='is a directory, expected a .yaml file'):
         load_config(['--config', str(tmp_path)], train_openseg_pre_train.SCHEMA)
 
