@@ -34,8 +34,10 @@ run() {  # run <label> <threads key>: the demo's ESG schedule cut to $steps step
 
 # whole epochs of the demo's schedule, as many as give at least $steps steps
 per_epoch=$(python -c "
-from util.config import resolve_config; import train_esg, os
-cfg = resolve_config(train_esg.SCHEMA, 'config/demo/openseg_train.yaml')
+import os
+from pipeline.schemas import ESG_TRAINING
+from util.config import resolve_config
+cfg = resolve_config(ESG_TRAINING, 'config/demo/openseg_train.yaml')
 n = len([f for f in os.listdir(os.path.join(cfg.data_root, cfg.train_split)) if f.endswith('.pth')])
 print(max(1, n * cfg.loop // cfg.batch_size))")
 epochs=$(( (steps + per_epoch - 1) / per_epoch ))
