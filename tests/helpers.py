@@ -2,6 +2,7 @@
 absolute config paths (so the suite runs from any folder). Imported as ``from helpers import ...`` (pytest puts
 this folder on the path)."""
 import os
+import socket
 
 import numpy as np
 import torch
@@ -66,6 +67,13 @@ def make_tiny_dataset(root, n_train=4, n_val=2, seed=0):
             # 2.5 cm: the point spacing of these 0.6 m scenes; coarser voxels would leave a single voxel per
             # scene at tensor stride 16, which BatchNorm cannot normalise in training mode
             'voxel_size', '0.025']
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def make_viewer_experiment(root, n_val=2, test_repeats=2):

@@ -8,12 +8,11 @@ with the install command, except under CI, where it fails.
 """
 import os
 import shutil
-import socket
 import time
 
 import numpy as np
 import pytest
-from helpers import make_viewer_experiment
+from helpers import free_port, make_viewer_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +27,6 @@ def require_browser():
         if os.environ.get('CI'):
             raise
         pytest.skip(str(err))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')

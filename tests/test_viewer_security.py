@@ -10,15 +10,9 @@ import http.client
 import socket
 
 import pytest
-from helpers import make_viewer_experiment
+from helpers import free_port, make_viewer_experiment
 
 EVIL = 'http://evil.example'
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')
